@@ -1,0 +1,39 @@
+"""`lwm STAGE [hydra overrides]`: one entry point for every stage.
+
+STAGE is collect, prepare, cpt, sft, rl, eval, or run (all of them in order). Everything after
+the stage is Hydra's: overrides, `-m` sweeps, `--cfg job`, `--help`.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from lwm.config import STAGES, register_configs
+
+CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
+USAGE = f"usage: lwm {{{','.join(STAGES + ('run',))}}} [hydra overrides]"
+
+
+@hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
+def _hydra_entry(cfg: DictConfig):
+    from launch.stages import run_stage
+    return run_stage(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in STAGES + ("run",):
+        print(USAGE, file=sys.stderr)
+        sys.exit(2)
+    stage, rest = argv[0], argv[1:]
+    register_configs()
+    sys.argv = ["lwm " + stage, *rest, f"stage={stage}"]
+    _hydra_entry()
+
+
+if __name__ == "__main__":
+    main()

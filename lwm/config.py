@@ -1,0 +1,197 @@
+"""Typed configuration: every Hydra group maps to a dataclass here (structured configs).
+
+An unknown key or a value of the wrong type fails when Hydra composes the config, naming the
+key. Defaults here are the embedded CPU default; configs/ holds the named presets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from hydra.core.config_store import ConfigStore
+
+STAGES = ("collect", "prepare", "cpt", "sft", "rl", "eval")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tiny_moe"
+    path: str = ""                 # a local HF checkpoint to start from instead of building one
+    arch: str = "qwen3_moe"        # qwen3_moe | qwen3_5_moe (hybrid linear attention)
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 64
+    intermediate_size: int = 512
+    moe_intermediate_size: int = 256
+    num_experts: int = 8
+    experts_per_token: int = 2
+    router_aux_loss_coef: float = 0.001
+    max_position_embeddings: int = 4096
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = True
+    attn_implementation: str = "sdpa"
+    experts_implementation: str = "grouped_mm"
+
+
+@dataclass
+class DataConfig:
+    name: str = "terminal"
+    domains: list[str] = field(default_factory=lambda: ["terminal"])
+    extra_domains: dict[str, str] = field(default_factory=dict)  # name -> "module:Class"
+    trajectories: list[str] = field(default_factory=list)  # extra JSONL inputs to prepare
+    heldout_fraction: float = 0.15
+    max_history: int = 2           # earlier turns kept in an SFT/RL/eval prompt
+    tokenizer: str = ""            # a local tokenizer dir; empty = train one on the train split
+    vocab_size: int = 4096
+    seq_len: int = 1024            # CPT packing length
+
+
+@dataclass
+class BackendConfig:
+    name: str = "hf"
+    dtype: str = "float32"         # float32 | bfloat16
+    num_threads: int = 0           # torch threads; 0 = all cores
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "local"
+    nodes: int = 1
+    gpus_per_node: int = 0
+    partition: str = ""
+    account: str = ""
+    time_minutes: int = 60
+
+
+@dataclass
+class SandboxConfig:
+    rootfs: str = ""               # a separate root (e.g. debootstrap); empty = host /usr read-only
+    memory_mb: int = 1024
+    max_pids: int = 256
+    disk_mb: int = 64
+    file_size_mb: int = 32
+    cpu_seconds: int = 600
+
+
+@dataclass
+class PolicyConfig:
+    name: str = "scripted"         # scripted | openai | replay
+    base_url: str = "http://127.0.0.1:8000/v1"
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    temperature: float = 0.7
+    max_tokens: int = 512
+    timeout_s: float = 60.0
+    replay_path: str = ""          # JSONL of recorded trajectories whose actions are re-executed
+
+
+@dataclass
+class CollectConfig:
+    num_trajectories: int = 100
+    workers: int = 2
+    max_steps: int = 12
+    width: int = 100
+    height: int = 24
+    settle_s: float = 0.05         # quiet time after an action before the screen is captured
+    step_timeout_s: float = 15.0
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+
+
+@dataclass
+class PrepareConfig:
+    input: str = ""                # trajectories JSONL; empty = the run's collect output
+    min_turns: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """Fields shared by the three training stages."""
+    init: str = ""                 # checkpoint to start from; empty = the previous stage's output
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    max_steps: int = 100
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0
+    save_every: int = 50
+    log_every: int = 10
+    resume: str = "auto"           # auto | never | a checkpoint dir
+
+
+@dataclass
+class CptConfig(TrainConfig):
+    max_steps: int = 300
+    lr: float = 2e-3
+
+
+@dataclass
+class SftConfig(TrainConfig):
+    max_steps: int = 150
+    lr: float = 5e-4
+    max_length: int = 1024
+    train_history_observations: bool = False  # also put earlier observations in the loss
+
+
+@dataclass
+class RlConfig(TrainConfig):
+    algorithm: str = "grpo"
+    max_steps: int = 20
+    lr: float = 1e-5
+    batch_size: int = 8
+    num_generations: int = 4
+    temperature: float = 1.0
+    max_prompt_length: int = 1024
+    max_completion_length: int = 192
+    beta: float = 0.0              # KL coefficient
+    epsilon: float = 0.2           # clipping
+
+
+@dataclass
+class EvalConfig:
+    input: str = ""                # AgentWorldBench JSONL; empty = the run's held-out set
+    checkpoint: str = ""           # empty = the run's latest trained stage
+    max_samples: int = 64
+    batch_size: int = 16
+    max_new_tokens: int = 192
+    temperature: float = 0.0
+    compare_stages: bool = False   # score untrained/cpt/sft/rl side by side (lwm run sets it)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"          # offline | online | disabled
+    project: str = "lwm"
+    entity: str = ""
+
+
+@dataclass
+class LWMConfig:
+    stage: str = "run"
+    run_name: str = "default"
+    run_dir: str = "${hydra:runtime.output_dir}"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    prepare: PrepareConfig = field(default_factory=PrepareConfig)
+    cpt: CptConfig = field(default_factory=CptConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    rl: RlConfig = field(default_factory=RlConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="lwm_schema", node=LWMConfig)
+    for group, node in [("model", ModelConfig), ("data", DataConfig), ("backend", BackendConfig),
+                        ("cluster", ClusterConfig), ("policy", PolicyConfig),
+                        ("collect", CollectConfig), ("prepare", PrepareConfig),
+                        ("cpt", CptConfig), ("sft", SftConfig), ("rl", RlConfig),
+                        ("eval", EvalConfig)]:
+        cs.store(group=group, name=f"{group}_schema", node=node)

@@ -1,0 +1,102 @@
+"""What a domain is: its system prompt, how its actions and observations render, its verifiers.
+
+Every built-in domain and every user domain is a subclass registered by name; the pipeline
+never branches on a domain's name.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass
+
+from lwm.schema import Trajectory
+
+OBS_OPEN, OBS_CLOSE = "<predicted_observation>", "</predicted_observation>"
+_THINK = re.compile(r"<think>.*?</think>", re.S)
+_TAGGED = re.compile(re.escape(OBS_OPEN) + r"(.*?)(?:" + re.escape(OBS_CLOSE) + r"|\Z)", re.S)
+
+
+def extract_observation(text: str) -> tuple[str, bool]:
+    """The predicted observation in a model reply, and whether it was tagged.
+
+    Reasoning (<think>...</think>, or anything before the tag) is never part of the result; the
+    last tagged block wins, as in AgentWorldBench's parser; untagged text is the fallback.
+    """
+    text = _THINK.sub("", text)
+    blocks = _TAGGED.findall(text)
+    if blocks:
+        return blocks[-1].strip("\n"), True
+    return text.replace("**Environment Observation:**", "").strip("\n"), False
+
+
+@dataclass
+class Verdict:
+    """Rule-verifier result: scores in [0, 1]; `score` is what eval reports and RL rewards."""
+    score: float
+    format: float
+    content: float
+    details: dict
+
+    def as_dict(self) -> dict:
+        return {"score": self.score, "format": self.format, "content": self.content, **self.details}
+
+
+class Domain:
+    name: str = ""
+    action_format: str = ""       # what an action string holds
+    observation_format: str = ""  # what an observation string holds
+    description: str = ""         # the environment, for the system prompt
+
+    def system_prompt(self, traj: Trajectory) -> str:
+        parts = [
+            f"You are a world model of {self.description}. An agent acts in the environment; "
+            "you answer every action with the exact observation the real environment would "
+            "return next.",
+            f"Actions: {self.action_format}",
+            f"Observations: {self.observation_format}",
+            "Stay consistent with every earlier turn: files, outputs, errors and state persist. "
+            "You may reason first; then write the observation, and nothing else, between "
+            f"{OBS_OPEN} and {OBS_CLOSE}.",
+        ]
+        if traj.tools:
+            parts.append("Tools the agent can call:\n" + json.dumps(traj.tools, ensure_ascii=False))
+        if traj.task:
+            parts.append(f"The agent's task: {traj.task}")
+        return "\n\n".join(parts)
+
+    def render_action(self, action: str) -> str:
+        """The action as the JSON block body: compact JSON kept as is, plain text quoted."""
+        try:
+            return json.dumps(json.loads(action), ensure_ascii=False, indent=None)
+        except (json.JSONDecodeError, TypeError):
+            return json.dumps(action, ensure_ascii=False)
+
+    def check_format(self, observation: str) -> float:
+        """How well an observation follows this domain's format, in [0, 1]."""
+        return 1.0 if observation.strip() else 0.0
+
+    def verify(self, prediction: str, reference: str) -> Verdict:
+        """Score a raw model reply against the real observation (format and content)."""
+        obs, tagged = extract_observation(prediction)
+        fmt = 0.5 * tagged + 0.5 * self.check_format(obs)
+        content = similarity(obs, reference)
+        exact = float(obs.strip() == reference.strip())
+        score = 0.2 * fmt + 0.8 * content
+        return Verdict(score, fmt, content, {"tagged": float(tagged), "exact": exact})
+
+
+def similarity(pred: str, ref: str) -> float:
+    """Line-aware similarity: mean of line-set F1 and character sequence ratio."""
+    p_lines = [l.rstrip() for l in pred.strip().splitlines()]
+    r_lines = [l.rstrip() for l in ref.strip().splitlines()]
+    if not p_lines and not r_lines:
+        return 1.0
+    if not p_lines or not r_lines:
+        return 0.0
+    common = sum(min(p_lines.count(l), r_lines.count(l)) for l in set(p_lines))
+    f1 = 2 * common / (len(p_lines) + len(r_lines))
+    ratio = difflib.SequenceMatcher(None, pred.strip()[:4000], ref.strip()[:4000],
+                                    autojunk=False).ratio()
+    return 0.5 * f1 + 0.5 * ratio

@@ -1,0 +1,66 @@
+"""Models: the tiny Qwen3-style MoE built from config, or a local HF checkpoint (safetensors)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, PreTrainedModel
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def build_model(mcfg, vocab_size: int, tok=None) -> PreTrainedModel:
+    """A fresh MoE from the model config (no hub access)."""
+    common = dict(
+        vocab_size=vocab_size, hidden_size=mcfg.hidden_size, num_hidden_layers=mcfg.num_layers,
+        num_attention_heads=mcfg.num_heads, num_key_value_heads=mcfg.num_kv_heads,
+        head_dim=mcfg.head_dim, intermediate_size=mcfg.intermediate_size,
+        moe_intermediate_size=mcfg.moe_intermediate_size, num_experts=mcfg.num_experts,
+        num_experts_per_tok=mcfg.experts_per_token, router_aux_loss_coef=mcfg.router_aux_loss_coef,
+        max_position_embeddings=mcfg.max_position_embeddings, rope_theta=mcfg.rope_theta,
+        tie_word_embeddings=mcfg.tie_word_embeddings, norm_topk_prob=True,
+        # With True, generate() on a padded batch crashes in the aux-loss function; the training
+        # loops add the aux loss themselves.
+        output_router_logits=False,
+    )
+    if tok is not None:
+        common.update(eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      bos_token_id=None)
+    if mcfg.arch == "qwen3_moe":
+        from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
+        config = Qwen3MoeConfig(decoder_sparse_step=1, mlp_only_layers=[], **common)
+        cls = Qwen3MoeForCausalLM
+    elif mcfg.arch == "qwen3_5_moe":
+        from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
+        config = Qwen3_5MoeTextConfig(**common)
+        cls = Qwen3_5MoeForCausalLM
+    else:
+        raise ValueError(f"model.arch: unknown architecture '{mcfg.arch}' (qwen3_moe, qwen3_5_moe)")
+    config._attn_implementation = mcfg.attn_implementation
+    model = cls(config)
+    _set_experts_impl(model, mcfg.experts_implementation)
+    return model
+
+
+def _set_experts_impl(model, impl: str) -> None:
+    if impl and hasattr(model, "set_experts_implementation"):
+        model.set_experts_implementation(impl)
+    elif impl:
+        model.config._experts_implementation = impl
+
+
+def load_model(path: str | Path, mcfg=None, dtype: str = "float32") -> PreTrainedModel:
+    """Load a checkpoint from a local directory: safetensors only, no remote code."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model checkpoint {path} does not exist")
+    if not list(path.glob("*.safetensors")):
+        raise ValueError(f"{path} holds no .safetensors weights (pickled weights are refused)")
+    model = AutoModelForCausalLM.from_pretrained(
+        str(path), dtype=DTYPES[dtype], use_safetensors=True, trust_remote_code=False,
+        attn_implementation=mcfg.attn_implementation if mcfg else "sdpa")
+    if mcfg is not None:
+        _set_experts_impl(model, mcfg.experts_implementation)
+    model.config.output_router_logits = False
+    return model

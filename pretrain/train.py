@@ -1,0 +1,150 @@
+"""`lwm cpt`: continued pretraining on packed trajectory shards, full LM loss.
+
+One flat loop: load (or resume), then step / log / save, then evaluate held-out loss and save
+the final model as an HF safetensors checkpoint that `transformers` loads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from lwm import checkpoint
+from lwm.modeling import build_model, load_model
+from lwm.tokenizer import load_tokenizer
+from lwm.tracking import RunPaths, Tracker
+
+log = logging.getLogger("lwm.cpt")
+
+
+class PackedShards:
+    """Fixed-length packed sequences from Megatron .bin/.idx; batch k depends only on (seed, k)."""
+
+    def __init__(self, prefix: Path, seed: int):
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+        if not Path(str(prefix) + ".idx").exists():
+            raise FileNotFoundError(f"CPT shards {prefix}.bin/.idx not found: run `lwm prepare` first")
+        self.data, self.seed = IndexedDataset(str(prefix)), seed
+        self.n = len(self.data)
+
+    def batch(self, k: int, batch_size: int) -> torch.Tensor:
+        rows = []
+        for j in range(k * batch_size, (k + 1) * batch_size):
+            epoch, i = divmod(j, self.n)
+            order = np.random.default_rng(self.seed + epoch).permutation(self.n)
+            rows.append(torch.from_numpy(self.data[int(order[i])].astype(np.int64)))
+        return torch.stack(rows)
+
+
+def lr_at(step: int, tcfg) -> float:
+    """Linear warmup, then cosine decay to 10%."""
+    if step < tcfg.warmup_steps:
+        return (step + 1) / tcfg.warmup_steps
+    progress = (step - tcfg.warmup_steps) / max(1, tcfg.max_steps - tcfg.warmup_steps)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def lm_loss(model, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
+    labels = ids.clone()
+    labels[ids == pad_id] = -100
+    out = model(input_ids=ids, labels=labels, output_router_logits=True, use_cache=False)
+    return out.loss  # includes router_aux_loss_coef * load-balancing loss
+
+
+@torch.no_grad()
+def heldout_loss(model, shards: PackedShards | None, pad_id: int, batch_size: int, max_batches: int = 8):
+    if shards is None:
+        return None
+    model.eval()
+    losses = []
+    for k in range(min(max_batches, math.ceil(shards.n / batch_size))):
+        ids = shards.batch(k, batch_size)
+        labels = ids.clone()
+        labels[ids == pad_id] = -100
+        losses.append(model(input_ids=ids, labels=labels, use_cache=False).loss.item())
+    model.train()
+    return float(np.mean(losses))
+
+
+def initial_model(cfg: DictConfig, tok, paths: RunPaths):
+    """The CPT starting point: cpt.init, else model.path, else a fresh model from config.
+    A fresh model is saved as the run's 'init' stage so eval can score the untrained model."""
+    if cfg.cpt.init or cfg.model.path:
+        return load_model(cfg.cpt.init or cfg.model.path, cfg.model, cfg.backend.dtype)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(tok), tok)
+    init_dir = paths.model("init")
+    if not (init_dir / "model.safetensors").exists():
+        model.save_pretrained(init_dir, safe_serialization=True)
+        tok.save_pretrained(init_dir)
+    return model
+
+
+def train(cfg: DictConfig, paths: RunPaths) -> dict:
+    tcfg, out = cfg.cpt, paths.stage("cpt")
+    prepared = paths.prepared
+    tok = load_tokenizer(cfg.data.tokenizer or prepared / "tokenizer")
+    shards = PackedShards(prepared / "cpt" / "train", cfg.seed)
+    val_prefix = prepared / "cpt" / "heldout"
+    val = PackedShards(val_prefix, cfg.seed) if Path(str(val_prefix) + ".idx").exists() else None
+    final = paths.model("cpt")
+    if (final / "complete").exists() and tcfg.resume != "never":
+        log.info("cpt: %s is already trained", final)
+        return Tracker.load(out)
+
+    ckpt_dir, step = out / "checkpoints", 0
+    resume_from = checkpoint.resolve_resume(tcfg.resume, ckpt_dir)
+    model = (load_model(resume_from, cfg.model, cfg.backend.dtype) if resume_from
+             else initial_model(cfg, tok, paths))
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
+                            betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, tcfg))
+    if resume_from is not None:
+        step = checkpoint.restore(resume_from, opt, sched)["step"]
+        log.info("cpt: resumed from %s (step %d)", resume_from, step)
+
+    tracker = Tracker(cfg, "cpt", out)
+    first_loss = heldout_loss(model, val, tok.pad_token_id, tcfg.batch_size)
+    tokens, t0, losses = 0, time.time(), []
+    bar = tqdm(total=tcfg.max_steps, initial=step, desc="cpt", unit="step")
+    while step < tcfg.max_steps:
+        loss_sum = 0.0
+        for micro in range(tcfg.grad_accum):
+            ids = shards.batch(step * tcfg.grad_accum + micro, tcfg.batch_size)
+            loss = lm_loss(model, ids, tok.pad_token_id) / tcfg.grad_accum
+            loss.backward()
+            loss_sum += loss.item()
+            tokens += ids.numel()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        step += 1
+        losses.append(loss_sum)
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss_sum:.3f}")
+        if step % tcfg.log_every == 0 or step == tcfg.max_steps:
+            tracker.log({"loss": loss_sum, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
+                         "tokens_per_s": tokens / (time.time() - t0)}, step=step)
+        if step % tcfg.save_every == 0 and step < tcfg.max_steps:
+            checkpoint.save(ckpt_dir, step, model, tok, opt, sched, {"loss": loss_sum})
+    bar.close()
+
+    last_loss = heldout_loss(model, val, tok.pad_token_id, tcfg.batch_size)
+    model.save_pretrained(final, safe_serialization=True)
+    tok.save_pretrained(final)
+    (final / "complete").touch()
+    return tracker.finish({
+        "steps": step, "resumed_from": str(resume_from) if resume_from else None,
+        "train_loss_first": losses[0] if losses else None,
+        "train_loss_last": float(np.mean(losses[-5:])) if losses else None,
+        "heldout_loss_before": first_loss, "heldout_loss_after": last_loss,
+        "tokens_per_s": tokens / max(time.time() - t0, 1e-9), "checkpoint": str(final)})
