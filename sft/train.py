@@ -1,0 +1,103 @@
+"""`lwm sft`: next-state prediction with TRL's SFTTrainer, loss on the target observation only.
+
+Samples are (history, action -> observation) conversations rendered by `lwm.render`; they are
+tokenized here with `lwm.tokenizer.encode_chat`, which builds the labels where the text is
+rendered, and handed to TRL pre-tokenized so the loss mask is ours, not re-derived.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import datasets
+from omegaconf import DictConfig
+from tqdm import tqdm
+from trl import SFTConfig, SFTTrainer
+
+from lwm.modeling import load_model
+from lwm.tokenizer import encode_chat, load_tokenizer
+from lwm.tracking import RunPaths, Tracker
+
+log = logging.getLogger("lwm.sft")
+
+
+def tokenized_samples(tok, parquet: Path, max_length: int, train_history: bool
+                      ) -> tuple[datasets.Dataset, dict]:
+    """input_ids/labels per sample; samples longer than max_length are skipped and counted."""
+    if not parquet.exists():
+        raise FileNotFoundError(f"SFT samples {parquet} not found: run `lwm prepare` first")
+    rows, skipped, trained_tokens = [], 0, 0
+    for rec in tqdm(datasets.Dataset.from_parquet(str(parquet)), desc="tokenize sft", unit="sample"):
+        ids, labels = encode_chat(tok, rec["prompt"] + rec["completion"], train_history)
+        if len(ids) > max_length:
+            skipped += 1
+            continue
+        rows.append({"input_ids": ids, "labels": labels})
+        trained_tokens += sum(l != -100 for l in labels)
+    if not rows:
+        raise ValueError(f"no SFT sample of {parquet} fits sft.max_length={max_length}")
+    stats = {"samples": len(rows), "skipped_too_long": skipped, "trained_tokens": trained_tokens}
+    return datasets.Dataset.from_list(rows), stats
+
+
+def trainer_args(cfg: DictConfig, tcfg, out: Path, **extra) -> dict:
+    """TrainingArguments shared by the TRL stages, from our typed config."""
+    return dict(
+        output_dir=str(out / "checkpoints"), max_steps=tcfg.max_steps, learning_rate=tcfg.lr,
+        weight_decay=tcfg.weight_decay, warmup_steps=tcfg.warmup_steps,
+        lr_scheduler_type="cosine", per_device_train_batch_size=tcfg.batch_size,
+        gradient_accumulation_steps=tcfg.grad_accum, max_grad_norm=tcfg.max_grad_norm,
+        logging_steps=tcfg.log_every, save_steps=tcfg.save_every, save_total_limit=2,
+        seed=cfg.seed, data_seed=cfg.seed, use_cpu=not _cuda(),
+        bf16=cfg.backend.dtype == "bfloat16", report_to=[] if cfg.wandb.mode == "disabled" else ["wandb"],
+        run_name=f"{cfg.run_name}-{out.name}", disable_tqdm=False, dataloader_num_workers=0,
+        **extra)
+
+
+def _cuda() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
+def resume_arg(resume: str, ckpt_dir: Path) -> str | bool | None:
+    """Map our resume setting onto Trainer's: auto resumes the last checkpoint if there is one."""
+    if resume == "never":
+        return None
+    if resume == "auto":
+        return True if any(ckpt_dir.glob("checkpoint-*")) else None
+    return resume
+
+
+def save_final(trainer, tok, final: Path) -> None:
+    trainer.model.config.output_router_logits = False
+    trainer.save_model(str(final))
+    tok.save_pretrained(final)
+    (final / "complete").touch()
+
+
+def train(cfg: DictConfig, paths: RunPaths) -> dict:
+    tcfg, out = cfg.sft, paths.stage("sft")
+    final = paths.model("sft")
+    if (final / "complete").exists() and tcfg.resume != "never":
+        log.info("sft: %s is already trained", final)
+        return Tracker.load(out)
+    init = Path(tcfg.init) if tcfg.init else paths.model("cpt")
+    tok = load_tokenizer(init)
+    model = load_model(init, cfg.model, cfg.backend.dtype)
+    # The MoE load-balancing loss is added during training only.
+    model.config.output_router_logits = True
+    dataset, stats = tokenized_samples(tok, paths.prepared / "sft.parquet", tcfg.max_length,
+                                       tcfg.train_history_observations)
+    tracker = Tracker(cfg, "sft", out)
+    args = SFTConfig(**trainer_args(cfg, tcfg, out, max_length=tcfg.max_length, packing=False,
+                                    completion_only_loss=None))
+    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    result = trainer.train(resume_from_checkpoint=resume_arg(tcfg.resume, out / "checkpoints"))
+    save_final(trainer, tok, final)
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    return tracker.finish({
+        **stats, "init": str(init), "steps": trainer.state.global_step,
+        "train_loss_first": history[0]["loss"] if history else None,
+        "train_loss_last": history[-1]["loss"] if history else None,
+        "train_runtime_s": result.metrics.get("train_runtime"), "checkpoint": str(final)})
