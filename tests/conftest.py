@@ -1,0 +1,47 @@
+"""Shared fixtures: configs composed as the CLI composes them, and a tiny prepared run."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from lwm.cli import CONFIG_DIR
+from lwm.config import register_configs
+from lwm.tracking import RunPaths
+
+os.environ.setdefault("WANDB_MODE", "offline")
+DATA = Path(__file__).parent / "data"
+TRAJECTORIES = DATA / "terminal_trajectories.jsonl"
+
+# A model small enough for tests, the same architecture as the default.
+TINY = ["model.hidden_size=64", "model.num_layers=2", "model.num_heads=2", "model.num_kv_heads=1",
+        "model.head_dim=32", "model.intermediate_size=128", "model.moe_intermediate_size=64",
+        "model.num_experts=4", "data.seq_len=256", "data.vocab_size=512", "wandb.mode=disabled"]
+
+
+def make_cfg(run_dir: Path, *overrides: str):
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return compose("config", overrides=[f"run_dir={run_dir}", *TINY, *overrides])
+
+
+@pytest.fixture(scope="session")
+def prepared_run(tmp_path_factory):
+    """A run directory with `prepare` done on the recorded terminal trajectories."""
+    from data_pipeline.prepare import prepare
+    root = tmp_path_factory.mktemp("run")
+    cfg = make_cfg(root, f"prepare.input={TRAJECTORIES}")
+    prepare(cfg, RunPaths(root))
+    return root
+
+
+@pytest.fixture
+def run_copy(prepared_run, tmp_path):
+    """A private copy of the prepared run, for tests that train."""
+    dst = tmp_path / "run"
+    shutil.copytree(prepared_run, dst)
+    return dst
