@@ -24,6 +24,22 @@ def _hydra_entry(cfg: DictConfig):
     return run_stage(cfg)
 
 
+_VALUED = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
+           "--config-dir", "-cd", "--experimental-rerun"}
+
+
+def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
+    flags, overrides, i = [], [], 0
+    while i < len(args):
+        if args[i] in _VALUED and i + 1 < len(args):
+            flags += args[i:i + 2]
+            i += 2
+            continue
+        (flags if args[i].startswith("-") else overrides).append(args[i])
+        i += 1
+    return flags, overrides
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in STAGES + ("run",):
@@ -31,7 +47,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     stage, rest = argv[0], argv[1:]
     register_configs()
-    sys.argv = ["lwm " + stage, *rest, f"stage={stage}"]
+    flags, overrides = _split_flags(rest)
+    # Hydra's argparse wants its flags before the overrides, which are one positional list.
+    sys.argv = ["lwm " + stage, *flags, f"stage={stage}", *overrides]
     _hydra_entry()
 
 
