@@ -1,0 +1,1 @@
+"""Data collection for language world models: sandboxed environments, policies, the runner."""

@@ -139,6 +139,13 @@ class Sandbox:
         self.close()
 
     def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
         self._bwrap = require_binary("bwrap", "bubblewrap")
         self._prlimit = require_binary("prlimit", "util-linux")
         if self.cfg.rootfs and not Path(self.cfg.rootfs, "usr").is_dir():
@@ -169,6 +176,7 @@ class Sandbox:
         (etc / "group").write_text(f"root:x:0:\nuser:x:{GID}:\nnogroup:x:65534:\n")
         (etc / "hostname").write_text("sandbox\n")
         (etc / "hosts").write_text("127.0.0.1\tlocalhost\n127.0.1.1\tsandbox\n")
+        (etc / "alternatives").mkdir()  # mount point for the host's (symlinks only)
         for name in _ETC_COPY:
             if Path("/etc", name).is_file():
                 shutil.copy(Path("/etc", name), etc / name)
@@ -191,6 +199,8 @@ class Sandbox:
                 elif os.path.isdir(d):
                     a += ["--ro-bind", d, d]
             a += ["--ro-bind", str(etc), "/etc"]
+            if os.path.isdir("/etc/alternatives"):  # Debian's awk, pager, editor links
+                a += ["--ro-bind", "/etc/alternatives", "/etc/alternatives"]
         # Everything writable lives in the one sized tmpfs; the rest is remounted read-only.
         a += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/home", "--tmpfs", "/run",
               "--bind", str(fs / "home"), HOME, "--bind", str(fs / "tmp"), "/tmp",

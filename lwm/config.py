@@ -88,7 +88,7 @@ class PolicyConfig:
 
 @dataclass
 class CollectConfig:
-    num_trajectories: int = 100
+    num_trajectories: int = 200
     workers: int = 2
     max_steps: int = 12
     width: int = 100
@@ -122,13 +122,14 @@ class TrainConfig:
 
 @dataclass
 class CptConfig(TrainConfig):
-    max_steps: int = 300
+    max_steps: int = 120
+    batch_size: int = 4
     lr: float = 2e-3
 
 
 @dataclass
 class SftConfig(TrainConfig):
-    max_steps: int = 150
+    max_steps: int = 100
     lr: float = 5e-4
     max_length: int = 1024
     train_history_observations: bool = False  # also put earlier observations in the loss

@@ -28,7 +28,6 @@ _TMUX_CONF = "\n".join([
     "set -g default-terminal xterm",
     "set -g history-limit 2000",
     "set -g remain-on-exit on",     # `exit` leaves the last screen instead of ending the server
-    "set -g window-size manual",    # the host control client must not resize the window
     "set -s escape-time 0",
 ]) + "\n"
 
@@ -135,6 +134,13 @@ class TerminalEnv:
 
     def reset(self) -> str:
         self.close()
+        try:
+            return self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> str:
         self.sandbox = Sandbox(self.cfg.sandbox)
         self.sandbox.start()
         (self.sandbox.run_dir / "tmux.conf").write_text(_TMUX_CONF)
@@ -143,19 +149,21 @@ class TerminalEnv:
         # namespace, whose end kills the server) alive until close().
         script = (f"tmux -S {sock} -f {RUN_DIR}/tmux.conf new-session -d -s {SESSION} "
                   f"-x {self.cfg.width} -y {self.cfg.height} bash --norc --noprofile "
-                  "&& exec sleep infinity")
+                  f"&& touch {RUN_DIR}/ready && exec sleep infinity")
         proc = self.sandbox.popen(["/bin/sh", "-c", script], stdin=subprocess.DEVNULL,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        host_sock = self.sandbox.run_dir / "tmux.sock"
+        ready = self.sandbox.run_dir / "ready"  # written once the session exists
         deadline = time.monotonic() + self.cfg.step_timeout_s
-        while not host_sock.exists():
+        while not ready.exists():
             if proc.poll() is not None or time.monotonic() > deadline:
                 err = proc.stderr.read().decode(errors="replace") if proc.poll() is not None else ""
-                self.close()
                 raise SandboxError(f"tmux did not start in the sandbox: {err.strip() or 'timeout'}")
             time.sleep(0.005)
-        self.client = _ControlClient(str(host_sock))
-        self.client.command(f"display-message -p -t {SESSION} ok", self.cfg.step_timeout_s)
+        self.client = _ControlClient(str(self.sandbox.run_dir / "tmux.sock"))
+        # The prompt may have been printed before the client attached (no %output event for
+        # it) or not yet on a loaded machine: poll until it shows, then let it settle.
+        while not self.screen() and time.monotonic() < deadline:
+            time.sleep(0.005)
         self._settle(time.monotonic())
         return self.screen()
 
@@ -182,7 +190,8 @@ class TerminalEnv:
                     commands.append(f"{target} Enter")
                 if chunk:
                     commands.append(f"{target} -l -- {_quote(chunk)}")
-        self.client.command(" ; ".join(commands), self.cfg.step_timeout_s)
+        for command in commands:  # one per line: each gets its own %begin/%end reply
+            self.client.command(command, self.cfg.step_timeout_s)
 
     def _settle(self, since: float) -> None:
         """Wait until the pane has printed nothing for settle_s (at most step_timeout_s)."""
