@@ -122,14 +122,14 @@ class TrainConfig:
 
 @dataclass
 class CptConfig(TrainConfig):
-    max_steps: int = 120
+    max_steps: int = 150
     batch_size: int = 4
     lr: float = 2e-3
 
 
 @dataclass
 class SftConfig(TrainConfig):
-    max_steps: int = 100
+    max_steps: int = 150
     lr: float = 5e-4
     max_length: int = 1024
     train_history_observations: bool = False  # also put earlier observations in the loss
@@ -139,6 +139,7 @@ class SftConfig(TrainConfig):
 class RlConfig(TrainConfig):
     algorithm: str = "grpo"
     max_steps: int = 20
+    log_every: int = 2
     lr: float = 1e-5
     batch_size: int = 8
     num_generations: int = 4
