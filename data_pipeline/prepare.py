@@ -38,6 +38,7 @@ log = logging.getLogger("lwm.prepare")
 
 def _inputs(cfg: DictConfig, paths: RunPaths) -> list[Path]:
     inputs = [Path(cfg.prepare.input)] if cfg.prepare.input else [paths.trajectories]
+    inputs += sorted((paths.root / "ingest").glob("*.jsonl"))  # what `lwm ingest` wrote
     inputs += [Path(p) for p in cfg.data.trajectories]
     for p in inputs:
         if not p.exists():

@@ -24,6 +24,9 @@ def _stage_fn(name: str):
     if name == "collect":
         from data_pipeline.collect.runner import collect
         return lambda cfg, paths: collect(cfg, paths.stage("collect"))
+    if name == "ingest":
+        from data_pipeline.ingest import ingest
+        return ingest
     if name == "prepare":
         from data_pipeline.prepare import prepare
         return prepare

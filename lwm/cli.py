@@ -1,7 +1,8 @@
 """`lwm STAGE [hydra overrides]`: one entry point for every stage.
 
-STAGE is collect, prepare, cpt, sft, rl, eval, or run (all of them in order). Everything after
-the stage is Hydra's: overrides, `-m` sweeps, `--cfg job`, `--help`.
+STAGE is collect, prepare, cpt, sft, rl, eval, or run (all of them in order); `ingest` turns
+existing logs into trajectories that prepare picks up. Everything after the stage is Hydra's:
+overrides, `-m` sweeps, `--cfg job`, `--help`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from omegaconf import DictConfig
 from lwm.config import STAGES, register_configs
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-USAGE = f"usage: lwm {{{','.join(STAGES + ('run',))}}} [hydra overrides]"
+COMMANDS = STAGES + ("run", "ingest")
+USAGE = f"usage: lwm {{{','.join(COMMANDS)}}} [hydra overrides]"
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
@@ -42,7 +44,7 @@ def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in STAGES + ("run",):
+    if not argv or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     stage, rest = argv[0], argv[1:]

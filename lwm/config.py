@@ -9,6 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 
+from lwm.env_config import (McpEnvConfig, OsEnvConfig, SearchEnvConfig, SweEnvConfig,
+                            WebEnvConfig)
+
 STAGES = ("collect", "prepare", "cpt", "sft", "rl", "eval")
 
 
@@ -96,6 +99,20 @@ class CollectConfig:
     settle_s: float = 0.05         # quiet time after an action before the screen is captured
     step_timeout_s: float = 15.0
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    swe: SweEnvConfig = field(default_factory=SweEnvConfig)
+    search: SearchEnvConfig = field(default_factory=SearchEnvConfig)
+    mcp: McpEnvConfig = field(default_factory=McpEnvConfig)
+    web: WebEnvConfig = field(default_factory=WebEnvConfig)
+    os: OsEnvConfig = field(default_factory=OsEnvConfig)
+
+
+@dataclass
+class IngestConfig:
+    """`lwm ingest`: existing logs into trajectories (written to <run>/ingest/<name>.jsonl)."""
+    format: str = ""               # agentworldbench | openai_chat | androidworld | androidcontrol
+    path: str = ""                 # a file or folder in that format
+    domain: str = ""               # the domain of the records, where the format does not say
+    name: str = ""                 # output file name; empty = the format's name
 
 
 @dataclass
@@ -180,6 +197,7 @@ class LWMConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
     prepare: PrepareConfig = field(default_factory=PrepareConfig)
     cpt: CptConfig = field(default_factory=CptConfig)
     sft: SftConfig = field(default_factory=SftConfig)
@@ -193,7 +211,8 @@ def register_configs() -> None:
     cs.store(name="lwm_schema", node=LWMConfig)
     for group, node in [("model", ModelConfig), ("data", DataConfig), ("backend", BackendConfig),
                         ("cluster", ClusterConfig), ("policy", PolicyConfig),
-                        ("collect", CollectConfig), ("prepare", PrepareConfig),
+                        ("collect", CollectConfig), ("ingest", IngestConfig),
+                        ("prepare", PrepareConfig),
                         ("cpt", CptConfig), ("sft", SftConfig), ("rl", RlConfig),
                         ("eval", EvalConfig)]:
         cs.store(group=group, name=f"{group}_schema", node=node)

@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from data_pipeline.collect.policies import extract_keystrokes
+from data_pipeline.collect.terminal_collector import extract_keystrokes
 from data_pipeline.collect.runner import collect, episode_id
 from data_pipeline.collect.tasks import TASKS, make_task
-from data_pipeline.collect.terminal import ActionError, TerminalEnv, parse_action
+from data_pipeline.collect.base import ActionError
+from data_pipeline.collect.terminal import TerminalEnv, parse_action
 from lwm.config import CollectConfig, LWMConfig
 from lwm.schema import load_trajectories, validate
 
@@ -202,7 +203,7 @@ def test_openai_policy_drives_an_episode(tmp_path):
 
 
 def test_a_crashing_episode_is_counted_not_fatal(tmp_path, monkeypatch):
-    from data_pipeline.collect import runner
+    from data_pipeline.collect import terminal_collector
     from data_pipeline.sandbox import SandboxError
 
     class CrashOnce(TerminalEnv):
@@ -214,7 +215,7 @@ def test_a_crashing_episode_is_counted_not_fatal(tmp_path, monkeypatch):
                 raise SandboxError("simulated sandbox crash")
             return super().step(action)
 
-    monkeypatch.setattr(runner, "TerminalEnv", CrashOnce)
+    monkeypatch.setattr(terminal_collector, "TerminalEnv", CrashOnce)
     summary = collect(make_cfg(**{"collect.num_trajectories": 2}), tmp_path)
     assert summary["failures"] == 1 and summary["trajectories"] == 1
     assert len(load_trajectories(tmp_path / "trajectories.jsonl")) == 1

@@ -1,4 +1,4 @@
-"""Terminal trajectory collection: `collect(cfg, out_dir)` runs a policy in sandboxed tmux shells."""
+"""Trajectory collection: `collect(cfg, out_dir)` runs a policy in each domain's real environment."""
 
 from data_pipeline.collect.runner import collect
 

@@ -1,11 +1,11 @@
-"""Parallel, resumable trajectory collection in the terminal environment.
+"""Parallel, resumable trajectory collection in every selected domain's real environment.
 
-    summary = collect(cfg, out_dir)   # cfg: the composed LWMConfig (uses collect, policy, seed, wandb)
+    summary = collect(cfg, out_dir)   # cfg: the composed LWMConfig (data.domains, collect, policy)
 
-Writes out_dir/trajectories.jsonl (one Trajectory per line), out_dir/quarantine.jsonl (records
-a replay could not run) and out_dir/metrics.json. Episode ids are deterministic in (policy, seed,
-index), so a rerun skips what is already written; a line cut short by a kill is dropped first.
-A failing episode is logged and counted, never fatal.
+Writes out_dir/trajectories.jsonl (one Trajectory per line), out_dir/quarantine.jsonl (episodes
+whose actions were malformed) and out_dir/metrics.json. Episode ids are deterministic in
+(domain, policy, seed, index), so a rerun skips what is already written; a line cut short by a
+kill is dropped first. A failing episode is logged and counted, never fatal.
 """
 
 from __future__ import annotations
@@ -25,23 +25,23 @@ from typing import Iterator
 from omegaconf import OmegaConf
 from tqdm import tqdm
 
+from data_pipeline.collect.base import ActionError, Environment, collector_names, get_collector
 from data_pipeline.collect.policies import Policy, ReplayRecordError, make_policy
-from data_pipeline.collect.terminal import ActionError, TerminalEnv
 from lwm.schema import Step, Trajectory, validate
 from lwm.tracking import Tracker
 
 log = logging.getLogger(__name__)
-DOMAIN = "terminal"
 
 
-def episode_id(policy: str, seed: int, index: int) -> str:
-    return f"{DOMAIN}-{policy}-s{seed}-{index:06d}"
+def episode_id(policy: str, seed: int, index: int, domain: str = "terminal") -> str:
+    return f"{domain}-{policy}-s{seed}-{index:06d}"
 
 
-def run_episode(cfg, policy: Policy, env: TerminalEnv, index: int) -> dict:
-    """One episode in a fresh sandbox. Returns {"status": ok|failed|quarantined|empty, ...}."""
-    eid = episode_id(policy.name, cfg.seed, index)
-    result = {"index": index, "id": eid, "steps": 0}
+def run_episode(cfg, policy: Policy, env: Environment, index: int) -> dict:
+    """One episode in a fresh environment. Returns {"status": ok|failed|quarantined|empty, ...}."""
+    domain = policy.collector.domain
+    eid = episode_id(policy.name, cfg.seed, index, domain)
+    result = {"index": index, "id": eid, "domain": domain, "steps": 0}
     start = time.monotonic()
     try:
         agent = policy.agent(index)
@@ -49,19 +49,20 @@ def run_episode(cfg, policy: Policy, env: TerminalEnv, index: int) -> dict:
         return {**result, "status": "quarantined", "error": str(e)}
     steps: list[Step] = []
     try:
-        screen = first = env.reset()
+        observation = first = env.reset(agent.task)
+        tools = list(env.tools)
         reset_s = time.monotonic() - start
         limit = agent.max_steps or cfg.collect.max_steps
         while len(steps) < limit:
-            action = agent.act(screen, steps)
+            action = agent.act(observation, steps)
             if action is None:
                 break
-            screen = env.step(action)
-            steps.append(Step(action, screen))
+            observation = env.step(action)
+            steps.append(Step(action, observation))
         agent.finish(steps)
     except ActionError as e:  # the policy's or the record's fault, not the environment's
         return {**result, "status": "quarantined", "error": str(e), "meta": agent.meta}
-    except Exception as e:  # noqa: BLE001 - a sandbox or endpoint failure costs one episode
+    except Exception as e:  # noqa: BLE001 - an environment or endpoint failure costs one episode
         return {**result, "status": "failed", "error": f"{type(e).__name__}: {e}"}
     finally:
         env.close()
@@ -69,10 +70,9 @@ def run_episode(cfg, policy: Policy, env: TerminalEnv, index: int) -> dict:
         return {**result, "status": "empty", "error": agent.meta.get("end_reason", "no steps")}
     wall = time.monotonic() - start
     traj = Trajectory(
-        id=eid, domain=DOMAIN, source=f"collect.{DOMAIN}/{policy.name}@{policy.version}",
-        steps=steps, task=agent.task, initial_observation=first,
+        id=eid, domain=domain, source=f"collect.{domain}/{policy.name}@{policy.collector.version}",
+        steps=steps, task=agent.instruction, tools=tools, initial_observation=first,
         meta={**agent.meta, "index": index, "seed": cfg.seed, "policy": policy.name,
-              "width": cfg.collect.width, "height": cfg.collect.height,
               "timings": {"reset_s": round(reset_s, 4), "wall_s": round(wall, 4),
                           "step_s": round((wall - reset_s) / len(steps), 4)}})
     validate(asdict(traj))
@@ -93,15 +93,22 @@ def _worker_cfg(cfg):
 def _init_worker(cfg_dict: dict, spawned: bool = True) -> None:
     if spawned:  # a fresh process has no logging set up; the caller's is left alone
         logging.basicConfig(level=logging.WARNING)
-    cfg = OmegaConf.create(cfg_dict)
-    _WORKER.update(cfg=cfg, policy=make_policy(cfg), env=TerminalEnv(cfg.collect))
+    _WORKER.clear()
+    _WORKER.update(cfg=OmegaConf.create(cfg_dict))
 
 
-def _work(index: int) -> dict:
-    return run_episode(_WORKER["cfg"], _WORKER["policy"], _WORKER["env"], index)
+def _work(job: tuple[str, int]) -> dict:
+    """One episode; a worker builds each domain's policy and environment on first use."""
+    domain, index = job
+    cfg = _WORKER["cfg"]
+    if domain not in _WORKER:
+        collector = get_collector(domain, cfg.collect)
+        _WORKER[domain] = (make_policy(cfg, collector), collector.environment())
+    policy, env = _WORKER[domain]
+    return run_episode(cfg, policy, env, index)
 
 
-def _results(cfg, todo: list[int], workers: int) -> Iterator[dict]:
+def _results(cfg, todo: list[tuple[str, int]], workers: int) -> Iterator[dict]:
     if workers <= 1:  # in-process: no spawn cost, easy to debug
         _init_worker(OmegaConf.to_container(_worker_cfg(cfg)), spawned=False)
         for index in todo:
@@ -110,9 +117,10 @@ def _results(cfg, todo: list[int], workers: int) -> Iterator[dict]:
     pending = list(reversed(todo))
     cfg_dict = OmegaConf.to_container(_worker_cfg(cfg))
 
-    def failed(index, error):
-        return {"index": index, "id": episode_id(cfg.policy.name, cfg.seed, index), "steps": 0,
-                "status": "failed", "error": error}
+    def failed(job, error):
+        domain, index = job
+        return {"index": index, "id": episode_id(cfg.policy.name, cfg.seed, index, domain),
+                "domain": domain, "steps": 0, "status": "failed", "error": error}
 
     while pending:
         # A worker that dies (not an episode that fails) breaks the pool: its episodes count
@@ -162,19 +170,32 @@ def load_done(path: Path) -> set[str]:
     return done
 
 
+def collectable_domains(cfg) -> list[str]:
+    """The selected domains that have a collector; the others enter through import."""
+    names = set(collector_names())
+    skipped = [d for d in cfg.data.domains if d not in names]
+    if skipped:
+        log.warning("no collector for %s: their trajectories come from import", ", ".join(skipped))
+    return [d for d in cfg.data.domains if d in names]
+
+
 def collect(cfg, out_dir: Path) -> dict:
-    """Collect cfg.collect.num_trajectories episodes (or the replay file) into out_dir."""
+    """Collect cfg.collect.num_trajectories episodes per domain (or replay a file) into out_dir."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "trajectories.jsonl"
-    policy = make_policy(cfg)  # fails early on a bad policy config, before any worker starts
+    # Policies are built here too, so a bad policy config fails before any worker starts.
+    policies = {d: make_policy(cfg, get_collector(d, cfg.collect)) for d in collectable_domains(cfg)}
     done = load_done(path)
-    total = policy.size()
-    todo = [i for i in range(total) if episode_id(policy.name, cfg.seed, i) not in done]
+    jobs = [(d, i) for d, p in policies.items() for i in range(p.size())]
+    # Interleave domains so every domain makes progress from the start.
+    jobs.sort(key=lambda job: (job[1], job[0]))
+    todo = [(d, i) for d, i in jobs if episode_id(cfg.policy.name, cfg.seed, i, d) not in done]
+    total = len(jobs)
     tracker = Tracker(cfg, "collect", out_dir)
-    counts, steps, start = Counter(), 0, time.monotonic()
+    counts, per_domain, steps, start = Counter(), Counter(), 0, time.monotonic()
     with open(path, "a", encoding="utf-8") as out, \
-            tqdm(total=total, initial=total - len(todo), desc=f"collect {policy.name}",
+            tqdm(total=total, initial=total - len(todo), desc=f"collect {cfg.policy.name}",
                  unit="traj", dynamic_ncols=True) as bar:
         for r in _results(cfg, todo, cfg.collect.workers):
             counts[r["status"]] += 1
@@ -182,6 +203,7 @@ def collect(cfg, out_dir: Path) -> dict:
                 out.write(r["line"] + "\n")
                 out.flush()
                 steps += r["steps"]
+                per_domain[r["domain"]] += 1
             else:
                 log.warning("episode %s %s: %s", r["id"], r["status"], r.get("error"))
                 if r["status"] == "quarantined":
@@ -196,7 +218,7 @@ def collect(cfg, out_dir: Path) -> dict:
                         step=sum(counts.values()))
     elapsed = time.monotonic() - start
     return tracker.finish({
-        "policy": policy.name, "workers": cfg.collect.workers,
+        "policy": cfg.policy.name, "workers": cfg.collect.workers, "domains": dict(per_domain),
         "trajectories": counts["ok"], "trajectories_total": len(done) + counts["ok"],
         "skipped_existing": total - len(todo), "steps": steps,
         "steps_per_s": round(steps / elapsed, 2) if elapsed > 0 else 0.0,

@@ -11,22 +11,15 @@ from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass, field
 from typing import Callable
+
+from data_pipeline.collect.base import ScriptedTask
 
 WORDS = ("apple", "river", "stone", "cloud", "maple", "tiger", "ember", "delta", "orbit", "pixel",
          "lunar", "cedar", "frost", "harbor", "violet", "copper", "meadow", "falcon", "quartz",
          "willow", "signal", "canyon", "breeze", "saturn", "pepper", "glacier", "lantern", "nectar",
          "summit", "thistle", "velvet", "zephyr", "amber", "bison", "coral", "dune", "fern", "grove")
 EXTS = ("txt", "log", "csv", "md", "json", "py")
-
-
-@dataclass
-class ScriptedTask:
-    name: str
-    instruction: str
-    actions: list[str]                       # each a keystroke-list JSON string
-    params: dict = field(default_factory=dict)
 
 
 def keys(*batches: tuple[str, float] | str, duration: float = 0.1) -> str:

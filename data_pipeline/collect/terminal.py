@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 
+from data_pipeline.collect.base import ActionError, Environment, ScriptedTask
 from data_pipeline.sandbox import RUN_DIR, Sandbox, SandboxError, require_binary
 from lwm.config import CollectConfig
 
@@ -30,10 +31,6 @@ _TMUX_CONF = "\n".join([
     "set -g remain-on-exit on",     # `exit` leaves the last screen instead of ending the server
     "set -s escape-time 0",
 ]) + "\n"
-
-
-class ActionError(ValueError):
-    """An action that is not a keystroke list; a policy or a replayed record is at fault."""
 
 
 class EnvironmentClosed(RuntimeError):
@@ -123,7 +120,7 @@ class _ControlClient:
             self.proc.wait()
 
 
-class TerminalEnv:
+class TerminalEnv(Environment):
     """reset() -> the first screen; step(action JSON) -> the screen after it; close()."""
 
     def __init__(self, cfg: CollectConfig):
@@ -132,7 +129,7 @@ class TerminalEnv:
         self.client: _ControlClient | None = None
         require_binary("tmux", "tmux")
 
-    def reset(self) -> str:
+    def reset(self, task: ScriptedTask | None = None) -> str:
         self.close()
         try:
             return self._start()
