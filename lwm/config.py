@@ -116,9 +116,26 @@ class IngestConfig:
 
 
 @dataclass
+class FilterConfig:
+    """The recipe's trajectory filters; each one can be switched off for an ablation."""
+    min_turns: int = 2
+    undeclared_tools: bool = True      # mcp/swe: a call to a tool the record does not declare
+    gui_failures: bool = True          # web/os/android episodes whose environment broke
+    strip_empty_actions: bool = True
+    skip_retry_cycles: bool = True     # garbage -> error -> retry: context only, never a target
+    skip_gui_no_change: bool = True    # GUI turns that changed nothing: context only
+
+
+@dataclass
 class PrepareConfig:
     input: str = ""                # trajectories JSONL; empty = the run's collect output
-    min_turns: int = 1
+    redact: bool = True            # secrets and personal data, before anything is written
+    dedup_exact: bool = True
+    dedup_near: bool = True        # MinHash LSH over word 5-grams
+    decontaminate: list[str] = field(default_factory=list)  # eval JSONL files/dirs to exclude
+    decontam_ngram: int = 13
+    cpt_loss_mask: bool = True     # keep observation tokens in the CPT loss by turn type
+    filters: FilterConfig = field(default_factory=FilterConfig)
 
 
 @dataclass

@@ -49,13 +49,19 @@ def turn_messages(domain: Domain, traj: Trajectory, t: int, max_history: int | N
     return messages, {"role": "assistant", "content": target(traj.steps[t - 1].observation)}
 
 
-def cpt_document(domain: Domain, traj: Trajectory) -> str:
-    """The whole trajectory as a chain of state transitions, every token trained."""
-    parts = [domain.system_prompt(traj)]
+def cpt_segments(domain: Domain, traj: Trajectory) -> list[tuple[str, int]]:
+    """The CPT document as (text, turn) segments: turn t > 0 marks the body of observation t
+    (what loss masking by turn type may thin out); 0 marks everything else."""
+    segments = [(domain.system_prompt(traj), 0)]
     for t in range(1, len(traj.steps) + 1):
-        parts.append(user_turn(domain, traj, t))
-        parts.append(history_observation(traj.steps[t - 1].observation))
-    return "\n\n".join(parts)
+        segments.append(("\n\n" + user_turn(domain, traj, t) + "\n\n" + HISTORY_OBS + "\n", 0))
+        segments.append((traj.steps[t - 1].observation, t))
+    return segments
+
+
+def cpt_document(domain: Domain, traj: Trajectory) -> str:
+    """The whole trajectory as a chain of state transitions."""
+    return "".join(text for text, _ in cpt_segments(domain, traj))
 
 
 def agentworldbench_record(domain: Domain, traj: Trajectory, t: int,

@@ -1,4 +1,5 @@
-"""`lwm cpt`: continued pretraining on packed trajectory shards, full LM loss.
+"""`lwm cpt`: continued pretraining on packed trajectory shards, full LM loss (observation
+tokens thinned by turn type when prepare wrote a loss mask).
 
 One flat loop: load (or resume), then step / log / save, then evaluate held-out loss and save
 the final model as an HF safetensors checkpoint that `transformers` loads.
@@ -25,22 +26,35 @@ log = logging.getLogger("lwm.cpt")
 
 
 class PackedShards:
-    """Fixed-length packed sequences from Megatron .bin/.idx; batch k depends only on (seed, k)."""
+    """Fixed-length packed sequences from Megatron .bin/.idx, with the loss mask prepare wrote
+    beside them (<prefix>_lossmask) when there is one; batch k depends only on (seed, k)."""
 
     def __init__(self, prefix: Path, seed: int):
         from megatron.core.datasets.indexed_dataset import IndexedDataset
         if not Path(str(prefix) + ".idx").exists():
             raise FileNotFoundError(f"CPT shards {prefix}.bin/.idx not found: run `lwm prepare` first")
         self.data, self.seed = IndexedDataset(str(prefix)), seed
+        mask = Path(str(prefix) + "_lossmask.idx")
+        self.mask = IndexedDataset(str(prefix) + "_lossmask") if mask.exists() else None
         self.n = len(self.data)
 
-    def batch(self, k: int, batch_size: int) -> torch.Tensor:
-        rows = []
+    def batch(self, k: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        rows, masks = [], []
         for j in range(k * batch_size, (k + 1) * batch_size):
             epoch, i = divmod(j, self.n)
-            order = np.random.default_rng(self.seed + epoch).permutation(self.n)
-            rows.append(torch.from_numpy(self.data[int(order[i])].astype(np.int64)))
-        return torch.stack(rows)
+            row = int(np.random.default_rng(self.seed + epoch).permutation(self.n)[i])
+            rows.append(torch.from_numpy(self.data[row].astype(np.int64)))
+            if self.mask is not None:
+                masks.append(torch.from_numpy(self.mask[row].astype(np.bool_)))
+        return torch.stack(rows), (torch.stack(masks) if masks else None)
+
+
+def labels_for(ids: torch.Tensor, mask: torch.Tensor | None, pad_id: int) -> torch.Tensor:
+    labels = ids.clone()
+    labels[ids == pad_id] = -100
+    if mask is not None:
+        labels[~mask] = -100
+    return labels
 
 
 def lr_at(step: int, tcfg) -> float:
@@ -51,10 +65,9 @@ def lr_at(step: int, tcfg) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def lm_loss(model, ids: torch.Tensor, pad_id: int) -> torch.Tensor:
-    labels = ids.clone()
-    labels[ids == pad_id] = -100
-    out = model(input_ids=ids, labels=labels, output_router_logits=True, use_cache=False)
+def lm_loss(model, ids: torch.Tensor, mask: torch.Tensor | None, pad_id: int) -> torch.Tensor:
+    out = model(input_ids=ids, labels=labels_for(ids, mask, pad_id), output_router_logits=True,
+                use_cache=False)
     return out.loss  # includes router_aux_loss_coef * load-balancing loss
 
 
@@ -65,10 +78,9 @@ def heldout_loss(model, shards: PackedShards | None, pad_id: int, batch_size: in
     model.eval()
     losses = []
     for k in range(min(max_batches, math.ceil(shards.n / batch_size))):
-        ids = shards.batch(k, batch_size)
-        labels = ids.clone()
-        labels[ids == pad_id] = -100
-        losses.append(model(input_ids=ids, labels=labels, use_cache=False).loss.item())
+        ids, mask = shards.batch(k, batch_size)
+        losses.append(model(input_ids=ids, labels=labels_for(ids, mask, pad_id),
+                            use_cache=False).loss.item())
     model.train()
     return float(np.mean(losses))
 
@@ -118,8 +130,8 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     while step < tcfg.max_steps:
         loss_sum = 0.0
         for micro in range(tcfg.grad_accum):
-            ids = shards.batch(step * tcfg.grad_accum + micro, tcfg.batch_size)
-            loss = lm_loss(model, ids, tok.pad_token_id) / tcfg.grad_accum
+            ids, mask = shards.batch(step * tcfg.grad_accum + micro, tcfg.batch_size)
+            loss = lm_loss(model, ids, mask, tok.pad_token_id) / tcfg.grad_accum
             loss.backward()
             loss_sum += loss.item()
             tokens += ids.numel()

@@ -1,0 +1,171 @@
+"""Curation steps of prepare: redaction, the recipe's filters, dedup, decontamination, turn types."""
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from data_pipeline.curate.dedup import Decontaminator, NearDedup, exact_key
+from data_pipeline.curate.filters import clean_turns, drop_reason
+from data_pipeline.curate.redact import redact_text, redact_trajectory
+from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
+from lwm.config import FilterConfig
+from lwm.schema import Step, Trajectory, load_trajectories
+from tests.conftest import TRAJECTORIES, make_cfg
+
+
+def traj(domain="terminal", steps=(("a", "o1"), ("b", "o2")), tools=(), tid="t", initial=""):
+    return Trajectory(id=tid, domain=domain, source="test", tools=list(tools),
+                      initial_observation=initial, steps=[Step(a, o) for a, o in steps])
+
+
+SECRETS = {
+    "sk-proj-Abc123def456ghi789jkl012mno": "<API_KEY>",
+    "AKIAIOSFODNN7EXAMPLE": "<API_KEY>",
+    "ghp_" + "a1B2" * 9: "<API_KEY>",
+    "hf_" + "x" * 34: "<API_KEY>",
+    "xoxb-1234567890-abcdefghij": "<API_KEY>",
+    "alice.smith@corp.example.com": "<EMAIL>",
+}
+
+
+@pytest.mark.parametrize("secret,placeholder", SECRETS.items())
+def test_planted_secrets_are_redacted(secret, placeholder):
+    counts = Counter()
+    out = redact_text(f"config: {secret} end", counts)
+    assert secret not in out and placeholder in out and sum(counts.values()) == 1
+
+
+def test_structured_secrets_are_redacted():
+    key = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAA\n-----END OPENSSH PRIVATE KEY-----"
+    text = (f"{key}\ngit clone https://bob:hunter2pass@git.example.com/r.git\n"
+            "export DB_PASSWORD=s3cr3tValue\nAuthorization: Bearer abcdefghijklmnopqrstuvwx")
+    out = redact_text(text)
+    assert "b3BlbnNzaC1" not in out and "<PRIVATE_KEY>" in out
+    assert "hunter2pass" not in out and "https://bob:<PASSWORD>@git.example.com" in out
+    assert "s3cr3tValue" not in out and "DB_PASSWORD=<SECRET>" in out
+    assert "abcdefghijklmnop" not in out and "Bearer <TOKEN>" in out
+    assert redact_text("ls -la /tmp && echo done") == "ls -la /tmp && echo done"
+
+
+def test_redaction_covers_every_text_field():
+    t = traj(steps=(("cat ~/.netrc", "password=topsecret99"),), initial="me@host.example.org")
+    t.task = "use key sk-ant-abcdefghijklmnopqrstuv"
+    out = redact_trajectory(t)
+    blob = json.dumps([out.task, out.initial_observation, out.steps[0].observation])
+    assert "topsecret99" not in blob and "me@host" not in blob and "sk-ant-" not in blob
+
+
+def test_min_turns_filter():
+    cfg = FilterConfig(min_turns=2)
+    assert drop_reason(traj(steps=(("a", "o"),)), cfg) == "too few turns"
+    assert drop_reason(traj(), cfg) is None
+
+
+def test_undeclared_tool_filter():
+    tools = [{"name": "read_file", "description": "", "parameters": {}}]
+    call = lambda name: json.dumps({"name": name, "arguments": {}})  # noqa: E731
+    good = traj("swe", ((call("read_file"), "x"), (call("read_file"), "y")), tools)
+    bad = traj("mcp", ((call("read_file"), "x"), (call("rm_rf"), "y")), tools)
+    assert drop_reason(good, FilterConfig()) is None
+    assert drop_reason(bad, FilterConfig()) == "undeclared tool"
+    assert drop_reason(bad, FilterConfig(undeclared_tools=False)) is None
+
+
+def test_gui_failure_filter():
+    broken = traj("web", (("click('3')", "Error: net::ERR_CONNECTION_REFUSED"), ("noop()", "")))
+    assert drop_reason(broken, FilterConfig()) == "gui environment failure"
+    assert drop_reason(traj("web", (("click('3')", "[1] link 'Home'"), ("go_back()", "[2] x"))),
+                       FilterConfig()) is None
+
+
+def test_empty_actions_stripped_and_gui_no_change_kept_as_context():
+    t = traj("web", (("click('1')", "A"), ("", "A"), ("scroll(0, 100)", "A"), ("click('2')", "B")),
+             initial="start")
+    out, sample, stats = clean_turns(t, FilterConfig())
+    assert [s.action for s in out.steps] == ["click('1')", "scroll(0, 100)", "click('2')"]
+    assert sample == [True, False, True] and stats["gui_no_change"] == 1
+    assert stats["empty_actions"] == 1
+
+
+def test_retry_cycle_is_context_not_target():
+    malformed = lambda a: not a.startswith("[")  # noqa: E731
+    t = traj(steps=(("garbage", "bash: garbage: command not found"), ('[{"keystrokes": "ls"}]', "f.txt"),
+                    ('[{"keystrokes": "pwd"}]', "/home")))
+    out, sample, stats = clean_turns(t, FilterConfig(), malformed)
+    assert len(out.steps) == 3 and sample == [False, True, True] and stats["retry_turns"] == 1
+    _, sample, _ = clean_turns(t, FilterConfig(skip_retry_cycles=False), malformed)
+    assert sample == [True, True, True]
+
+
+def test_exact_and_near_duplicates():
+    real = load_trajectories(TRAJECTORIES)
+    a = real[0]
+    b = Trajectory(**{**a.__dict__, "id": "copy"})
+    assert exact_key(a) == exact_key(b)
+    near = NearDedup()
+    assert not near.seen(a)
+    tweaked = Trajectory(**{**a.__dict__, "id": "tweak",
+                            "steps": a.steps[:-1] + [Step(a.steps[-1].action, a.steps[-1].observation + " x")]})
+    assert near.seen(tweaked)
+    assert not near.seen(real[-1])  # a different task is not a near duplicate
+
+
+def test_decontamination_by_id_and_ngrams(tmp_path):
+    from lwm import render
+    from lwm.domains import get_domain
+    real = load_trajectories(TRAJECTORIES)
+    bench = tmp_path / "terminal_test.jsonl"
+    bench.write_text(json.dumps(render.agentworldbench_record(get_domain("terminal"), real[0], 2)) + "\n")
+    dec = Decontaminator([bench], n=13)
+    assert dec.reason(real[0]) == "eval id"
+    leaked = Trajectory(**{**real[0].__dict__, "id": "renamed"})
+    assert dec.reason(leaked) == "eval n-gram overlap"
+    assert dec.reason(real[-1]) is None
+
+
+def test_turn_type_categories():
+    cases = {
+        "echo": ("echo hello world from lwm", "hello world from lwm"),
+        "boilerplate": ("save the file now", ""),
+        "transform": ("sort these words banana apple cherry", "apple banana cherry words"),
+        "retrieval": ("cat README.md", " ".join(f"line{i} text{i}" for i in range(40))),
+        "expansion": ("describe apples please", "apples are red fruits growing on trees in orchards"),
+        "action": ("rm -rf build dist cache", "removed 3 directories"),
+    }
+    for expected, (action, observation) in cases.items():
+        assert classify(turn_stats(action, observation)) == expected, expected
+    assert set(KEEP) == {"retrieval", "expansion", "action", "transform", "boilerplate", "echo", "other"}
+    assert (KEEP["retrieval"], KEEP["transform"], KEEP["boilerplate"], KEEP["echo"]) == (1.0, 0.5, 0.1, 0.05)
+
+
+def test_token_keep_mask_fraction_and_determinism():
+    mask = token_keep_mask(200, 0.1, "t:3")
+    assert sum(mask) == 20 and mask == token_keep_mask(200, 0.1, "t:3")
+    assert mask != token_keep_mask(200, 0.1, "t:4")
+    assert max(i for i, m in enumerate(mask) if m) > 100  # spread, not a prefix
+
+
+def test_prepare_ships_loss_mask_and_reconciles(prepared_run):
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+    prefix = prepared_run / "prepare" / "cpt" / "train"
+    tokens, mask = IndexedDataset(str(prefix)), IndexedDataset(str(prefix) + "_lossmask")
+    assert len(tokens) == len(mask)
+    assert all(len(tokens[i]) == len(mask[i]) for i in range(len(tokens)))
+    kept = np.concatenate([mask[i] for i in range(len(mask))]).mean()
+    assert 0.5 < kept < 1.0  # some observation tokens are thinned, most tokens are trained
+    manifest = json.loads((prepared_run / "prepare" / "manifest.json").read_text())
+    r = manifest["records"]
+    assert r["in"] == r["kept"] + r["quarantined"] + r["filtered"]
+    assert manifest["cpt"]["train"]["real_token_fraction"] >= 0.95
+
+
+def test_ablation_switches_curation_off(tmp_path):
+    from data_pipeline.prepare import prepare
+    from lwm.tracking import RunPaths
+    cfg = make_cfg(tmp_path, f"prepare.input={TRAJECTORIES}", "prepare.dedup_near=false",
+                   "prepare.redact=false", "prepare.cpt_loss_mask=false", "prepare.filters.min_turns=1")
+    manifest = prepare(cfg, RunPaths(tmp_path))
+    assert manifest["records"]["filtered"] == 0 and manifest["curation"]["redactions"] == {}
+    assert manifest["cpt"]["train"]["turn_types"] == {}
