@@ -263,9 +263,10 @@ def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
         domain = get_domain(traj.domain)
         turns = [t for t in range(1, len(traj.steps) + 1) if samples[traj.id][t - 1]]
         for t in turns:
-            prompt, answer = render.turn_messages(domain, traj, t, cfg.data.max_history)
+            variant = rng.randrange(render.FIRST_SFT_VARIANT, len(domain.PROMPT_VARIANTS))
+            prompt, answer = render.turn_messages(domain, traj, t, cfg.data.max_history, variant)
             sft_rows.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
-                             "prompt": prompt, "completion": [answer]})
+                             "prompt_variant": variant, "prompt": prompt, "completion": [answer]})
             prompt_lens.append(len(tok.apply_chat_template(prompt, tokenize=True, return_dict=False)))
             target_lens.append(len(tok.encode(answer["content"], add_special_tokens=False)))
         # RL takes one turn per trajectory (multi-turn expansion destabilises RL in the recipe).

@@ -32,15 +32,19 @@ def target(observation: str, reasoning: str = "") -> str:
     return f"<think>\n{reasoning}\n</think>\n{body}" if reasoning else body
 
 
-def turn_messages(domain: Domain, traj: Trajectory, t: int, max_history: int | None = None
-                  ) -> tuple[list[dict], dict]:
+# Which system-prompt variant each stage trains on (the recipe's assignment).
+RL_VARIANT, CPT_VARIANT, FIRST_SFT_VARIANT = 0, 1, 2
+
+
+def turn_messages(domain: Domain, traj: Trajectory, t: int, max_history: int | None = None,
+                  variant: int = RL_VARIANT) -> tuple[list[dict], dict]:
     """Prompt messages for predicting turn t's observation, and the target assistant message.
 
     `max_history` keeps only the latest earlier turns (turn 1 keeps its initial state only
     when it is in the window; the state of older turns lives on in later observations).
     """
     first = 1 if max_history is None else max(1, t - max_history)
-    messages = [{"role": "system", "content": domain.system_prompt(traj)}]
+    messages = [{"role": "system", "content": domain.system_prompt(traj, variant)}]
     for i in range(first, t):
         messages.append({"role": "user", "content": user_turn(domain, traj, i)})
         messages.append({"role": "assistant",
@@ -52,7 +56,7 @@ def turn_messages(domain: Domain, traj: Trajectory, t: int, max_history: int | N
 def cpt_segments(domain: Domain, traj: Trajectory) -> list[tuple[str, int]]:
     """The CPT document as (text, turn) segments: turn t > 0 marks the body of observation t
     (what loss masking by turn type may thin out); 0 marks everything else."""
-    segments = [(domain.system_prompt(traj), 0)]
+    segments = [(domain.system_prompt(traj, CPT_VARIANT), 0)]
     for t in range(1, len(traj.steps) + 1):
         segments.append(("\n\n" + user_turn(domain, traj, t) + "\n\n" + HISTORY_OBS + "\n", 0))
         segments.append((traj.steps[t - 1].observation, t))

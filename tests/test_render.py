@@ -63,3 +63,20 @@ def test_verifier_prefers_the_real_observation():
     assert exact.score == 1.0 and exact.details["exact"] == 1.0
     assert untagged.score < exact.score
     assert wrong.score < exact.score and wrong.details["error_match"] == 0.0
+
+
+def test_system_prompt_variants_per_stage(prepared_run):
+    import datasets
+    dom = get_domain("terminal")
+    heads = [v.format(env=dom.description) for v in dom.PROMPT_VARIANTS]
+    sft = datasets.Dataset.from_parquet(str(prepared_run / "prepare" / "sft.parquet"))
+    assert set(sft["prompt_variant"]) == set(range(render.FIRST_SFT_VARIANT, len(heads)))
+    for rec in sft:
+        assert rec["prompt"][0]["content"].startswith(heads[rec["prompt_variant"]])
+    rl = datasets.Dataset.from_parquet(str(prepared_run / "prepare" / "rl.parquet"))
+    assert all(r["prompt"][0]["content"].startswith(heads[render.RL_VARIANT]) for r in rl)
+    assert render.cpt_document(dom, _traj()).startswith(heads[render.CPT_VARIANT])
+    # Dynamic parts survive every variant.
+    for v in range(len(heads)):
+        prompt = dom.system_prompt(_traj(), v, instruction="make the command fail")
+        assert _traj().task in prompt and prompt.endswith("Simulation instruction: make the command fail")

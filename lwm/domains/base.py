@@ -49,11 +49,28 @@ class Domain:
     observation_format: str = ""  # what an observation string holds
     description: str = ""         # the environment, for the system prompt
 
-    def system_prompt(self, traj: Trajectory) -> str:
+    # System-prompt variants: the recipe trains RL on variant 0, CPT on variant 1 and SFT on
+    # the others (drawn per sample) so the model does not overfit one phrasing. Each variant
+    # frames the same facts; the dynamic parts (tools, task, simulation instruction) are
+    # appended to every variant.
+    PROMPT_VARIANTS = (
+        "You are a world model of {env}. An agent acts in the environment; you answer every "
+        "action with the exact observation the real environment would return next.",
+        "You simulate {env}. Given the history of actions and observations, produce what the "
+        "environment shows after the agent's latest action.",
+        "Act as {env}. Each user turn carries an agent's action; reply with the environment's "
+        "response to it, exactly as the real system would produce it.",
+        "Your job is to predict the next state of {env} after an agent's action, faithfully "
+        "reproducing its format and content.",
+        "Pretend to be {env} interacting with an autonomous agent. For each action, return "
+        "the resulting observation and nothing an agent could not see.",
+    )
+
+    def system_prompt(self, traj: Trajectory, variant: int = 0, instruction: str = "") -> str:
+        """The system prompt; `instruction` is a simulation instruction (e.g. inject an error)."""
+        head = self.PROMPT_VARIANTS[variant % len(self.PROMPT_VARIANTS)].format(env=self.description)
         parts = [
-            f"You are a world model of {self.description}. An agent acts in the environment; "
-            "you answer every action with the exact observation the real environment would "
-            "return next.",
+            head,
             f"Actions: {self.action_format}",
             f"Observations: {self.observation_format}",
             "Stay consistent with every earlier turn: files, outputs, errors and state persist. "
@@ -64,6 +81,8 @@ class Domain:
             parts.append("Tools the agent can call:\n" + json.dumps(traj.tools, ensure_ascii=False))
         if traj.task:
             parts.append(f"The agent's task: {traj.task}")
+        if instruction:
+            parts.append(f"Simulation instruction: {instruction}")
         return "\n\n".join(parts)
 
     def render_action(self, action: str) -> str:
