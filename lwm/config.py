@@ -164,8 +164,10 @@ class CptConfig(TrainConfig):
 @dataclass
 class SftConfig(TrainConfig):
     max_steps: int = 150
+    batch_size: int = 4            # packed rows of up to max_length tokens when packing
     lr: float = 5e-4
     max_length: int = 1024
+    packing: bool = True
     train_history_observations: bool = False  # also put earlier observations in the loss
 
 

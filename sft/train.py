@@ -1,5 +1,8 @@
 """`lwm sft`: next-state prediction with TRL's SFTTrainer, loss on the target observation only.
 
+Long samples lose their oldest history turns first (system prompt, initial state and target
+stay); samples are packed padding-free so no attention or loss crosses their boundaries.
+
 Samples are (history, action -> observation) conversations rendered by `lwm.render`; they are
 tokenized here with `lwm.tokenizer.encode_chat`, which builds the labels where the text is
 rendered, and handed to TRL pre-tokenized so the loss mask is ours, not re-derived.
@@ -22,22 +25,47 @@ from lwm.tracking import RunPaths, Tracker
 log = logging.getLogger("lwm.sft")
 
 
+def fit_to_length(tok, messages: list[dict], max_length: int, train_history: bool):
+    """Encode a sample, dropping the oldest history turns until it fits max_length.
+
+    The system prompt, the target and turn 1 (which carries the initial state) are kept as long
+    as any other history turn can go instead. Returns (ids, labels, dropped turns) or None.
+    """
+    msgs, dropped = list(messages), 0
+    while True:
+        ids, labels = encode_chat(tok, msgs, train_history)
+        if len(ids) <= max_length:
+            return ids, labels, dropped
+        history = msgs[1:-2]  # (user, assistant) pairs between the system prompt and turn t
+        if len(history) < 2:
+            return None
+        keeps_state = len(history) >= 4 and "**Current State:**" in history[0]["content"]
+        start = 3 if keeps_state else 1
+        del msgs[start:start + 2]
+        dropped += 1
+
+
 def tokenized_samples(tok, parquet: Path, max_length: int, train_history: bool
                       ) -> tuple[datasets.Dataset, dict]:
-    """input_ids/labels per sample; samples longer than max_length are skipped and counted."""
+    """input_ids/labels per sample, truncated from the oldest history turns to max_length;
+    samples that cannot fit even then are skipped. Both are counted."""
     if not parquet.exists():
         raise FileNotFoundError(f"SFT samples {parquet} not found: run `lwm prepare` first")
-    rows, skipped, trained_tokens = [], 0, 0
+    rows, skipped, truncated, dropped_turns, trained_tokens = [], 0, 0, 0, 0
     for rec in tqdm(datasets.Dataset.from_parquet(str(parquet)), desc="tokenize sft", unit="sample"):
-        ids, labels = encode_chat(tok, rec["prompt"] + rec["completion"], train_history)
-        if len(ids) > max_length:
+        fitted = fit_to_length(tok, rec["prompt"] + rec["completion"], max_length, train_history)
+        if fitted is None:
             skipped += 1
             continue
+        ids, labels, dropped = fitted
+        truncated += dropped > 0
+        dropped_turns += dropped
         rows.append({"input_ids": ids, "labels": labels})
         trained_tokens += sum(l != -100 for l in labels)
     if not rows:
         raise ValueError(f"no SFT sample of {parquet} fits sft.max_length={max_length}")
-    stats = {"samples": len(rows), "skipped_too_long": skipped, "trained_tokens": trained_tokens}
+    stats = {"samples": len(rows), "skipped_too_long": skipped, "truncated": truncated,
+             "history_turns_dropped": dropped_turns, "trained_tokens": trained_tokens}
     return datasets.Dataset.from_list(rows), stats
 
 
@@ -90,8 +118,11 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     dataset, stats = tokenized_samples(tok, paths.prepared / "sft.parquet", tcfg.max_length,
                                        tcfg.train_history_observations)
     tracker = Tracker(cfg, "sft", out)
-    args = SFTConfig(**trainer_args(cfg, tcfg, out, max_length=tcfg.max_length, packing=False,
-                                    completion_only_loss=None))
+    # Packing is padding-free (position ids restart per sample), so neither attention nor the
+    # loss crosses sample boundaries; tests/test_sft_packing.py checks the loss is unchanged.
+    args = SFTConfig(**trainer_args(cfg, tcfg, out, max_length=tcfg.max_length,
+                                    packing=tcfg.packing, packing_strategy="bfd",
+                                    padding_free=tcfg.packing, completion_only_loss=None))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
     result = trainer.train(resume_from_checkpoint=resume_arg(tcfg.resume, out / "checkpoints"))
     save_final(trainer, tok, final)
