@@ -1,14 +1,16 @@
 """`lwm prepare`: trajectories in; CPT shards, SFT samples, RL prompts and eval sets out.
 
 validate -> quarantine bad records (with the reason) -> redact secrets -> the recipe's filters
--> exact and near dedup -> decontaminate against eval sets -> split train/held-out by trajectory
--> tokenizer (trained on the train split unless given) -> CPT shards (Megatron .bin/.idx, packed,
-with a loss mask by turn type) -> SFT samples and RL prompts (parquet) -> eval sets
-(AgentWorldBench JSONL) -> manifest. Counts reconcile: in = kept + quarantined + filtered.
+-> decontaminate against eval sets -> MinHash dedup (exact and near) -> split train/held-out by
+trajectory -> tokenizer (trained on a sample of the train split unless given) -> CPT shards
+(Megatron .bin/.idx, packed, with a loss mask by turn type) -> SFT samples and RL prompts
+(parquet shards) -> eval sets (AgentWorldBench JSONL) -> manifest.
+Counts reconcile: in = kept + quarantined + filtered.
 
-Everything is written to a temporary folder and renamed at the end, so a killed prepare leaves
-either nothing or a complete output; rerunning after a kill starts over, and a finished prepare
-with the same inputs and settings is not redone.
+The per-record work runs as datatrove pipelines (data_pipeline/engine.py) in `prepare.tasks`
+tasks; this driver only trains the tokenizer and merges the tasks' outputs in task order.
+Outputs go to a work folder and are published atomically; a killed prepare resumes its
+unfinished tasks, and a finished prepare with the same inputs and settings is not redone.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import json
 import logging
 import os
 import random
-import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -26,16 +27,16 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.readers import JsonlReader
 from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 
-from data_pipeline.curate.dedup import Decontaminator, NearDedup, exact_key
-from data_pipeline.curate.filters import clean_turns, drop_reason
-from data_pipeline.curate.redact import redact_trajectory
 from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
+from data_pipeline.engine import Executors, curate_and_dedup, write_json
 from lwm import render
 from lwm.domains import get_domain
-from lwm.schema import Trajectory, TrajectoryError, read_jsonl, validate
+from lwm.schema import Trajectory
 from lwm.tokenizer import load_tokenizer, train_tokenizer
 from lwm.tracking import RunPaths, Tracker
 
@@ -50,111 +51,29 @@ def _inputs(cfg: DictConfig, paths: RunPaths) -> list[Path]:
         if not p.exists():
             raise FileNotFoundError(f"prepare: input {p} does not exist (run `lwm collect` first "
                                     "or set prepare.input)")
-    return inputs
+    return [p.resolve() for p in inputs]
 
 
 def _fingerprint(cfg: DictConfig, inputs: list[Path]) -> str:
     h = hashlib.sha256()
     for p in inputs:
         st = p.stat()
-        h.update(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode())
-    h.update(json.dumps(OmegaConf.to_container(cfg.data, resolve=True), sort_keys=True).encode())
-    h.update(json.dumps(OmegaConf.to_container(cfg.prepare, resolve=True), sort_keys=True).encode())
+        h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for part in (cfg.data, cfg.prepare):
+        h.update(json.dumps(OmegaConf.to_container(part, resolve=True), sort_keys=True).encode())
     h.update(str(cfg.seed).encode())
     return h.hexdigest()[:16]
-
-
-def reason_key(e: TrajectoryError) -> str:
-    """A quarantine reason without record-specific values, for counting."""
-    return f"{e.field}: " + re.sub(r"'[^']*'|\d+", "*", e.reason.split(" (")[0])
-
-
-def load_valid(inputs: list[Path], allowed: set[str], quarantine: Path
-               ) -> tuple[list[Trajectory], Counter, int]:
-    """Valid trajectories; every rejected record goes to the quarantine file with its reason."""
-    kept, reasons, seen, total = [], Counter(), set(), 0
-    with open(quarantine, "w", encoding="utf-8") as q:
-        for path in inputs:
-            for lineno, rec in tqdm(read_jsonl(path), desc=f"validate {path.name}", unit="traj"):
-                total += 1
-                try:
-                    if isinstance(rec, TrajectoryError):
-                        raise rec
-                    validate(rec, str(path), lineno, domains=allowed)
-                    if rec["id"] in seen:
-                        raise TrajectoryError(f"duplicate id '{rec['id']}'", "id", str(path), lineno)
-                except TrajectoryError as e:
-                    reasons[reason_key(e)] += 1
-                    q.write(json.dumps({"file": str(path), "line": lineno, "field": e.field,
-                                        "reason": e.reason, "record": None if isinstance(rec, Exception) else rec},
-                                       ensure_ascii=False) + "\n")
-                    continue
-                seen.add(rec["id"])
-                kept.append(Trajectory.from_dict(rec, str(path), lineno))
-    return kept, reasons, total
-
-
-def _malformed_check(domain_name: str):
-    """The domain's action check from its collector, when it has one (for retry cycles)."""
-    from data_pipeline.collect.base import ActionError, collector_names, get_collector
-    if domain_name not in collector_names():
-        return None
-    try:
-        collector = get_collector(domain_name, None)
-    except ImportError:
-        return None
-
-    def malformed(action: str) -> bool:
-        try:
-            collector.check_action(action)
-            return False
-        except ActionError:
-            return True
-    return malformed
-
-
-def curate(trajs: list[Trajectory], pcfg) -> tuple[list[Trajectory], dict, Counter, dict]:
-    """Redact, filter, dedup and decontaminate. Returns the kept trajectories, which of their
-    turns become samples (by id), the filtered counts by reason, and curation statistics."""
-    filtered, redactions, turn_stats_ = Counter(), Counter(), Counter()
-    decontam = Decontaminator([Path(p) for p in pcfg.decontaminate], pcfg.decontam_ngram) \
-        if pcfg.decontaminate else None
-    near = NearDedup() if pcfg.dedup_near else None
-    exact_seen: set[str] = set()
-    checks = {}
-    kept, samples = [], {}
-    for traj in tqdm(trajs, desc="curate", unit="traj"):
-        if pcfg.redact:
-            traj = redact_trajectory(traj, redactions)
-        if traj.domain not in checks:
-            checks[traj.domain] = _malformed_check(traj.domain)
-        traj, sample, stats = clean_turns(traj, pcfg.filters, checks[traj.domain])
-        turn_stats_.update(stats)
-        reason = drop_reason(traj, pcfg.filters)
-        if reason is None and not any(sample):
-            reason = "no trainable turn"
-        if reason is None and pcfg.dedup_exact:
-            key = exact_key(traj)
-            reason = "exact duplicate" if key in exact_seen else None
-            exact_seen.add(key)
-        if reason is None and near is not None and near.seen(traj):
-            reason = "near duplicate"
-        if reason is None and decontam is not None:
-            reason = decontam.reason(traj)
-        if reason is not None:
-            filtered[reason] += 1
-            continue
-        kept.append(traj)
-        samples[traj.id] = sample
-    info = {"redactions": dict(redactions), "turns": dict(turn_stats_),
-            "decontaminated_against": decontam.files if decontam else []}
-    return kept, samples, filtered, info
 
 
 def is_heldout(traj_id: str, fraction: float, seed: int) -> bool:
     """Split by trajectory with a stable hash, so adding data never moves old records."""
     digest = hashlib.sha256(f"{seed}:{traj_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def _rng(seed: int, key: str) -> random.Random:
+    """Per-record randomness: the same record gets the same draws in any task layout."""
+    return random.Random(f"{seed}:{key}")
 
 
 def cpt_tokens(tok, domain, traj: Trajectory, masked: bool) -> tuple[list[int], list[int], Counter]:
@@ -176,46 +95,297 @@ def cpt_tokens(tok, domain, traj: Trajectory, masked: bool) -> tuple[list[int], 
     return ids + [tok.eos_token_id], mask + [1], kinds
 
 
-def write_cpt_shards(tok, trajs: list[Trajectory], seq_len: int, prefix: Path, masked: bool) -> dict:
-    """Tokenize trajectories, pack them into seq_len sequences (EOS between documents), and
-    write them in Megatron's indexed format, one packed sequence per entry, with a parallel
-    uint8 loss-mask dataset (<prefix>_lossmask) aligned token for token."""
+class ShardPacker:
+    """Packs token streams into seq_len sequences (EOS between documents) in Megatron's indexed
+    format, one packed sequence per entry, with a parallel uint8 loss-mask dataset
+    (<prefix>_lossmask) aligned token for token. The last sequence is padded, never trained."""
+
+    def __init__(self, prefix: Path, seq_len: int, pad_id: int):
+        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+        self.prefix, self.seq_len, self.pad_id = prefix, seq_len, pad_id
+        self.ids = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.int32)
+        self.mask = IndexedDatasetBuilder(str(prefix) + "_lossmask.bin", dtype=np.uint8)
+        self.buf, self.mbuf, self.sequences, self.real = [], [], 0, 0
+
+    def _emit(self, ids, mask):
+        self.ids.add_document(np.array(ids, dtype=np.int32), [self.seq_len])
+        self.mask.add_document(np.array(mask, dtype=np.uint8), [self.seq_len])
+        self.sequences += 1
+
+    def add(self, ids: list[int], mask: list[int]) -> None:
+        self.buf += ids
+        self.mbuf += mask
+        while len(self.buf) >= self.seq_len:
+            self._emit(self.buf[:self.seq_len], self.mbuf[:self.seq_len])
+            self.real += self.seq_len
+            self.buf, self.mbuf = self.buf[self.seq_len:], self.mbuf[self.seq_len:]
+
+    def finish(self) -> dict:
+        if self.buf:
+            pad = self.seq_len - len(self.buf)
+            self._emit(self.buf + [self.pad_id] * pad, self.mbuf + [0] * pad)
+            self.real += len(self.buf)
+        self.ids.finalize(str(self.prefix) + ".idx")
+        self.mask.finalize(str(self.prefix) + "_lossmask.idx")
+        return {"sequences": self.sequences, "tokens": self.sequences * self.seq_len,
+                "real_tokens": self.real}
+
+
+class RenderShards(PipelineStep):
+    """Per task: split, tokenize and pack CPT shards, render SFT/RL rows and eval records."""
+
+    name = "render"
+    type = "lwm"
+
+    def __init__(self, work: str, tokenizer: str, data: dict, pcfg: dict, seed: int):
+        super().__init__()
+        self.work, self.tokenizer, self.data, self.pcfg, self.seed = work, tokenizer, data, pcfg, seed
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        tok = load_tokenizer(self.tokenizer)
+        out = Path(self.work) / "render"
+        for sub in ("cpt", "sft", "rl", "eval", "splits"):
+            (out / sub).mkdir(parents=True, exist_ok=True)
+        packers = {s: ShardPacker(out / "cpt" / f"{s}.{rank:05d}", self.data["seq_len"], tok.pad_token_id)
+                   for s in ("train", "heldout")}
+        sft, rl, evals = [], [], {}
+        stats = {"split": Counter(), "domains": Counter(), "turn_types": {"train": Counter(), "heldout": Counter()},
+                 "prompt_tokens": [], "target_tokens": []}
+        splits = {s: open(out / "splits" / f"{s}.{rank:05d}.jsonl", "w", encoding="utf-8")
+                  for s in ("train", "heldout")}
+        for doc in data:
+            traj = Trajectory.from_dict(doc.metadata["record"])
+            sample = doc.metadata["sample"]
+            domain = get_domain(traj.domain)
+            split = "heldout" if is_heldout(traj.id, self.data["heldout_fraction"], self.seed) else "train"
+            stats["split"][split] += 1
+            stats["domains"][traj.domain] += 1
+            splits[split].write(traj.to_json() + "\n")
+            ids, mask, kinds = cpt_tokens(tok, domain, traj, self.pcfg["cpt_loss_mask"])
+            packers[split].add(ids, mask)
+            stats["turn_types"][split].update(kinds)
+            turns = [t for t in range(1, len(traj.steps) + 1) if sample[t - 1]]
+            if split == "heldout":
+                for t in turns:
+                    rec = render.agentworldbench_record(domain, traj, t, self.data["max_history"])
+                    evals.setdefault(traj.domain, []).append(json.dumps(rec, ensure_ascii=False))
+                continue
+            rng = _rng(self.seed, traj.id)
+            for t in turns:
+                variant = rng.randrange(render.FIRST_SFT_VARIANT, len(domain.PROMPT_VARIANTS))
+                prompt, answer = render.turn_messages(domain, traj, t, self.data["max_history"], variant)
+                sft.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
+                            "prompt_variant": variant, "prompt": prompt, "completion": [answer]})
+                stats["prompt_tokens"].append(len(tok.apply_chat_template(prompt, tokenize=True,
+                                                                         return_dict=False)))
+                stats["target_tokens"].append(len(tok.encode(answer["content"], add_special_tokens=False)))
+            # RL takes one turn per trajectory (multi-turn expansion destabilises RL in the recipe).
+            t = rng.choice(turns)
+            prompt, _ = render.turn_messages(domain, traj, t, self.data["max_history"])
+            rl.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
+                       "prompt": prompt, "reference": traj.steps[t - 1].observation})
+        for f in splits.values():
+            f.close()
+        cpt = {s: p.finish() for s, p in packers.items()}
+        for name, rows in (("sft", sft), ("rl", rl)):
+            if rows:
+                pq.write_table(pa.Table.from_pylist(rows), out / name / f"{rank:05d}.parquet")
+        for dom, lines in evals.items():
+            (out / "eval" / dom).mkdir(exist_ok=True)
+            (out / "eval" / dom / f"{rank:05d}.jsonl").write_text("".join(l + "\n" for l in lines))
+        p, t = stats.pop("prompt_tokens"), stats.pop("target_tokens")
+        write_json(Path(self.work) / "stats" / f"render_{rank:05d}.json", {
+            **{k: (dict(v) if isinstance(v, Counter) else v) for k, v in stats.items()},
+            "turn_types": {k: dict(v) for k, v in stats["turn_types"].items()},
+            "cpt": cpt, "sft": len(sft), "rl": len(rl),
+            "prompt_tokens_sum": sum(p), "prompt_tokens_max": max(p, default=0),
+            "target_tokens_sum": sum(t), "target_tokens_max": max(t, default=0)})
+
+
+def _docs(folder: Path):
+    """Stream documents of a datatrove JSONL folder in file order (bounded memory)."""
+    if not any(folder.glob("*.jsonl.gz")):
+        return
+    yield from JsonlReader(str(folder), glob_pattern="*.jsonl.gz").read_files_shard(
+        sorted(p.name for p in folder.glob("*.jsonl.gz")))
+
+
+class TrainTokenizer(PipelineStep):
+    """One task: a byte-level BPE trained on (a bounded sample of) the train split, unless the
+    config names a tokenizer."""
+
+    name = "tokenizer"
+    type = "lwm"
+
+    def __init__(self, docs_dir: str, out: str, data: dict, sample: int, seed: int):
+        super().__init__()
+        self.docs_dir, self.out, self.data, self.sample, self.seed = docs_dir, out, data, sample, seed
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        def texts():
+            for n, doc in enumerate(_docs(Path(self.docs_dir))):
+                if n >= self.sample:
+                    return
+                traj = Trajectory.from_dict(doc.metadata["record"])
+                if not is_heldout(traj.id, self.data["heldout_fraction"], self.seed):
+                    yield render.cpt_document(get_domain(traj.domain), traj)
+        train_tokenizer(texts(), self.data["vocab_size"], self.out)
+        return
+        yield  # a generator, as datatrove expects of a step
+
+
+def _merge(work: Path, out: Path) -> None:
+    """Concatenate the tasks' outputs in task order into the published layout."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    builder = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.int32)
-    mask_builder = IndexedDatasetBuilder(str(prefix) + "_lossmask.bin", dtype=np.uint8)
-    buf: list[int] = []
-    mbuf: list[int] = []
-    n_seq, kinds = 0, Counter()
-
-    def emit(ids, mask):
-        builder.add_document(np.array(ids, dtype=np.int32), [seq_len])
-        mask_builder.add_document(np.array(mask, dtype=np.uint8), [seq_len])
-
-    for traj in tqdm(trajs, desc=f"pack {prefix.name}", unit="traj"):
-        ids, mask, k = cpt_tokens(tok, get_domain(traj.domain), traj, masked)
-        kinds.update(k)
-        buf += ids
-        mbuf += mask
-        while len(buf) >= seq_len:
-            emit(buf[:seq_len], mbuf[:seq_len])
-            buf, mbuf = buf[seq_len:], mbuf[seq_len:]
-            n_seq += 1
-    real = n_seq * seq_len
-    if buf:  # the tail is padded (and never in the loss); padding is counted honestly
-        pad = seq_len - len(buf)
-        emit(buf + [tok.pad_token_id] * pad, mbuf + [0] * pad)
-        real += len(buf)
-        n_seq += 1
-    builder.finalize(str(prefix) + ".idx")
-    mask_builder.finalize(str(prefix) + "_lossmask.idx")
-    total = n_seq * seq_len
-    return {"sequences": n_seq, "tokens": total, "real_token_fraction": real / max(total, 1),
-            "turn_types": dict(kinds)}
+    render_dir = work / "render"
+    (out / "cpt").mkdir(parents=True)
+    for split in ("train", "heldout"):
+        for suffix, dtype in (("", np.int32), ("_lossmask", np.uint8)):
+            parts = sorted(render_dir.glob(f"cpt/{split}.*{suffix}.idx"))
+            parts = [p for p in parts if p.name.endswith(f"{suffix}.idx") and
+                     (suffix or not p.name.endswith("_lossmask.idx"))]
+            if not parts:
+                continue
+            builder = IndexedDatasetBuilder(str(out / "cpt" / f"{split}{suffix}.bin"), dtype=dtype)
+            for part in parts:
+                builder.add_index(str(part)[:-4])
+            builder.finalize(str(out / "cpt" / f"{split}{suffix}.idx"))
+    for name in ("sft", "rl"):
+        (out / name).mkdir()
+        for part in sorted((render_dir / name).glob("*.parquet")):
+            shutil.copyfile(part, out / name / f"part-{part.stem}.parquet")
+    (out / "eval").mkdir()
+    for dom_dir in sorted((render_dir / "eval").iterdir()):
+        with open(out / "eval" / f"{dom_dir.name}_test.jsonl", "wb") as f:
+            for part in sorted(dom_dir.glob("*.jsonl")):
+                f.write(part.read_bytes())
+    for split in ("train", "heldout"):
+        with open(out / f"{split}.jsonl", "wb") as f:
+            for part in sorted((render_dir / "splits").glob(f"{split}.*.jsonl")):
+                f.write(part.read_bytes())
+    with open(out / "quarantine.jsonl", "wb") as f:
+        for part in sorted((work / "quarantine").glob("*.jsonl")):
+            f.write(part.read_bytes())
 
 
-def _parquet(rows: list[dict], path: Path) -> None:
-    pq.write_table(pa.Table.from_pylist(rows), path)
+def _sum_stats(work: Path, prefix: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((work / "stats").glob(f"{prefix}_*.json"))]
+
+
+def _add(counters: list[dict]) -> dict:
+    total = Counter()
+    for c in counters:
+        total.update(c)
+    return dict(sorted(total.items()))
+
+
+def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_source, tok, cfg: dict) -> dict:
+    curate, rendered = _sum_stats(work, "curate"), _sum_stats(work, "render")
+    n_in = sum(c["in"] for c in curate)
+    quarantined = _add([c["quarantined"] for c in curate])
+    filtered = _add([c["filtered"] for c in curate])
+    kept = sum(sum(r["split"].values()) for r in rendered)
+    dup_files = list((work / "duplicates").glob("*.jsonl.gz"))
+    duplicates = sum(1 for _ in _docs(work / "duplicates")) if dup_files else 0
+    if duplicates:
+        filtered["duplicate"] = duplicates
+    cpt = {}
+    for split in ("train", "heldout"):
+        parts = [r["cpt"][split] for r in rendered if r["cpt"][split]["sequences"]]
+        tokens, real = sum(p["tokens"] for p in parts), sum(p["real_tokens"] for p in parts)
+        if parts:
+            cpt[split] = {"sequences": sum(p["sequences"] for p in parts), "tokens": tokens,
+                          "real_token_fraction": real / max(tokens, 1),
+                          "turn_types": _add([r["turn_types"][split] for r in rendered])}
+    n_sft = sum(r["sft"] for r in rendered)
+    eval_counts = {p.name[:-len("_test.jsonl")]: sum(1 for _ in open(p)) for p in sorted((out / "eval").glob("*_test.jsonl"))}
+    manifest = {
+        "fingerprint": fingerprint, "inputs": [str(p) for p in inputs],
+        "records": {"in": n_in, "kept": kept, "quarantined": sum(quarantined.values()),
+                    "filtered": sum(filtered.values()), "quarantine_reasons": quarantined,
+                    "filter_reasons": filtered},
+        "curation": {"redactions": _add([c["redactions"] for c in curate]),
+                     "turns": _add([c["turns"] for c in curate]),
+                     "decontaminated_against": list(cfg["prepare"]["decontaminate"]),
+                     "dedup": "minhash 5-gram, 14 bands x 8 rows" if cfg["prepare"]["dedup"] else "off"},
+        "split": _add([r["split"] for r in rendered]),
+        "domains": _add([r["domains"] for r in rendered]),
+        "tokenizer": {"source": tokenizer_source, "vocab_size": len(tok)},
+        "cpt": cpt,
+        "sft": {"samples": n_sft,
+                "prompt_tokens_mean": sum(r["prompt_tokens_sum"] for r in rendered) / max(n_sft, 1),
+                "prompt_tokens_max": max((r["prompt_tokens_max"] for r in rendered), default=0),
+                "target_tokens_mean": sum(r["target_tokens_sum"] for r in rendered) / max(n_sft, 1),
+                "target_tokens_max": max((r["target_tokens_max"] for r in rendered), default=0)},
+        "rl": {"prompts": sum(r["rl"] for r in rendered)},
+        "eval": eval_counts,
+        "executor": cfg["prepare"]["executor"],
+    }
+    r = manifest["records"]
+    if r["in"] != r["kept"] + r["quarantined"] + r["filtered"]:
+        raise RuntimeError(f"prepare: counts do not reconcile: {r}")
+    return manifest
+
+
+class Publish(PipelineStep):
+    """One task, last: merge every task's output in task order, write the manifest, and
+    publish the prepare folder atomically."""
+
+    name = "publish"
+    type = "lwm"
+
+    def __init__(self, work: str, out: str, tokenizer: str, tokenizer_source: str,
+                 fingerprint: str, inputs: list[str], cfg: dict):
+        super().__init__()
+        self.work, self.out, self.tokenizer, self.tokenizer_source = work, out, tokenizer, tokenizer_source
+        self.fingerprint, self.inputs, self.cfg = fingerprint, inputs, cfg
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        work, out = Path(self.work), Path(self.out)
+        staging = out.with_name(out.name + ".partial")
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir(parents=True)
+        _merge(work, staging)
+        tok = load_tokenizer(self.tokenizer)
+        if not self.cfg["data"]["tokenizer"]:
+            shutil.copytree(self.tokenizer, staging / "tokenizer")
+        manifest = manifest_of(work, staging, self.fingerprint, self.inputs, self.tokenizer_source,
+                               tok, self.cfg)
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(staging, out)
+        return
+        yield  # a generator, as datatrove expects of a step
+
+
+def auto_tasks(inputs: list[Path], workers: int, bytes_per_task: int = 64 << 20) -> int:
+    """Enough tasks to keep the workers busy, none for small inputs (one task runs in-process)."""
+    size = sum(p.stat().st_size for p in inputs)
+    return max(1, min(max(workers, 1) * 4, size // bytes_per_task))
+
+
+def pipeline(cfg: DictConfig, paths: RunPaths, inputs: list[Path], fingerprint: str):
+    """The whole prepare as a chain of datatrove executors; running the last runs them all."""
+    # The work folder is keyed by the fingerprint: a rerun with the same inputs and settings
+    # resumes its unfinished tasks; different settings start clean.
+    work = paths.root / f"prepare.work-{fingerprint}"
+    tasks = cfg.prepare.tasks or auto_tasks(inputs, cfg.prepare.workers)
+    executors = Executors(cfg.prepare.executor, work, min(cfg.prepare.workers, tasks),
+                          OmegaConf.to_container(cfg.prepare.slurm, resolve=True))
+    pcfg = OmegaConf.to_container(cfg.prepare, resolve=True)
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    _, docs_dir = curate_and_dedup(inputs, work, data["domains"], pcfg, tasks, executors)
+    if cfg.data.tokenizer:
+        tokenizer, source = cfg.data.tokenizer, cfg.data.tokenizer
+    else:
+        tokenizer, source = str(work / "tokenizer"), "trained on the train split"
+        executors("tokenizer", [TrainTokenizer(str(docs_dir), tokenizer, data,
+                                               cfg.prepare.tokenizer_sample, cfg.seed)], 1)
+    executors("render", [JsonlReader(str(docs_dir), glob_pattern="*.jsonl.gz"),
+                         RenderShards(str(work), tokenizer, data, pcfg, cfg.seed)], tasks)
+    full = {"data": data, "prepare": pcfg}
+    return work, executors("publish", [Publish(str(work), str(paths.root / "prepare"), tokenizer,
+                                               source, fingerprint, [str(p) for p in inputs], full)], 1)
 
 
 def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
@@ -226,91 +396,23 @@ def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
     if manifest_path.exists() and json.loads(manifest_path.read_text()).get("fingerprint") == fingerprint:
         log.info("prepare: %s is up to date", out)
         return json.loads(manifest_path.read_text())
-
-    tmp = paths.root / "prepare.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    tracker = Tracker(cfg, "prepare", tmp)
-    allowed = set(cfg.data.domains)
-    valid, reasons, total = load_valid(inputs, allowed, tmp / "quarantine.jsonl")
-    trajs, samples, filtered, curation = curate(valid, cfg.prepare)
-    train = [t for t in trajs if not is_heldout(t.id, cfg.data.heldout_fraction, cfg.seed)]
-    heldout = [t for t in trajs if is_heldout(t.id, cfg.data.heldout_fraction, cfg.seed)]
-    if not train:
-        raise ValueError(f"prepare: no valid training trajectories in {', '.join(map(str, inputs))} "
-                         f"({total} read, {sum(reasons.values())} quarantined: {dict(reasons)}, "
-                         f"{sum(filtered.values())} filtered: {dict(filtered)})")
-    for name, split in (("train", train), ("heldout", heldout)):
-        with open(tmp / f"{name}.jsonl", "w", encoding="utf-8") as f:
-            f.writelines(t.to_json() + "\n" for t in split)
-
-    if cfg.data.tokenizer:
-        tok = load_tokenizer(cfg.data.tokenizer)
-        tokenizer_source = cfg.data.tokenizer
-    else:
-        tok = train_tokenizer((render.cpt_document(get_domain(t.domain), t) for t in train),
-                              cfg.data.vocab_size, tmp / "tokenizer")
-        tokenizer_source = "trained on the train split"
-
-    (tmp / "cpt").mkdir()
-    cpt = {name: write_cpt_shards(tok, split, cfg.data.seq_len, tmp / "cpt" / name,
-                                  cfg.prepare.cpt_loss_mask)
-           for name, split in (("train", train), ("heldout", heldout)) if split}
-
-    rng = random.Random(cfg.seed)
-    sft_rows, rl_rows, prompt_lens, target_lens = [], [], [], []
-    for traj in tqdm(train, desc="render sft/rl", unit="traj"):
-        domain = get_domain(traj.domain)
-        turns = [t for t in range(1, len(traj.steps) + 1) if samples[traj.id][t - 1]]
-        for t in turns:
-            variant = rng.randrange(render.FIRST_SFT_VARIANT, len(domain.PROMPT_VARIANTS))
-            prompt, answer = render.turn_messages(domain, traj, t, cfg.data.max_history, variant)
-            sft_rows.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
-                             "prompt_variant": variant, "prompt": prompt, "completion": [answer]})
-            prompt_lens.append(len(tok.apply_chat_template(prompt, tokenize=True, return_dict=False)))
-            target_lens.append(len(tok.encode(answer["content"], add_special_tokens=False)))
-        # RL takes one turn per trajectory (multi-turn expansion destabilises RL in the recipe).
-        t = rng.choice(turns)
-        prompt, _ = render.turn_messages(domain, traj, t, cfg.data.max_history)
-        rl_rows.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
-                        "prompt": prompt, "reference": traj.steps[t - 1].observation})
-    _parquet(sft_rows, tmp / "sft.parquet")
-    _parquet(rl_rows, tmp / "rl.parquet")
-
-    (tmp / "eval").mkdir()
-    eval_counts = Counter()
-    for traj in heldout:
-        domain = get_domain(traj.domain)
-        with open(tmp / "eval" / f"{traj.domain}_test.jsonl", "a", encoding="utf-8") as f:
-            for t in (t for t in range(1, len(traj.steps) + 1) if samples[traj.id][t - 1]):
-                rec = render.agentworldbench_record(domain, traj, t, cfg.data.max_history)
-                f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-                eval_counts[traj.domain] += 1
-
-    manifest = {
-        "fingerprint": fingerprint,
-        "inputs": [str(p) for p in inputs],
-        "records": {"in": total, "kept": len(trajs), "quarantined": sum(reasons.values()),
-                    "filtered": sum(filtered.values()), "quarantine_reasons": dict(reasons),
-                    "filter_reasons": dict(filtered)},
-        "curation": curation,
-        "split": {"train": len(train), "heldout": len(heldout)},
-        "domains": dict(Counter(t.domain for t in trajs)),
-        "tokenizer": {"source": tokenizer_source, "vocab_size": len(tok)},
-        "cpt": cpt,
-        "sft": {"samples": len(sft_rows), "prompt_tokens_mean": float(np.mean(prompt_lens)),
-                "prompt_tokens_max": int(np.max(prompt_lens)),
-                "target_tokens_mean": float(np.mean(target_lens)),
-                "target_tokens_max": int(np.max(target_lens))},
-        "rl": {"prompts": len(rl_rows)},
-        "eval": dict(eval_counts),
-    }
-    counts = manifest["records"]
-    assert counts["in"] == counts["kept"] + counts["quarantined"] + counts["filtered"], counts
-    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    tracker.finish({k: v for k, v in manifest.items() if k != "fingerprint"})
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-    log.info("prepare: %d kept, %d quarantined, %d filtered, %d train / %d held-out -> %s",
-             len(trajs), sum(reasons.values()), sum(filtered.values()), len(train), len(heldout), out)
+    for stale in paths.root.glob("prepare.work-*"):
+        if stale.name != f"prepare.work-{fingerprint}":
+            shutil.rmtree(stale, ignore_errors=True)
+    work, last = pipeline(cfg, paths, inputs, fingerprint)
+    tracker = Tracker(cfg, "prepare", paths.stage("prepare.logs"))
+    last.run()
+    if cfg.prepare.executor == "slurm":
+        log.info("prepare: submitted to Slurm; outputs appear in %s when the jobs finish", out)
+        return tracker.finish({"submitted": True, "work": str(work)})
+    manifest = json.loads(manifest_path.read_text())
+    if not manifest["split"].get("train"):
+        raise ValueError(f"prepare: no valid training trajectories in {', '.join(map(str, inputs))}"
+                         f" (records: {manifest['records']})")
+    summary = tracker.finish({k: v for k, v in manifest.items() if k != "fingerprint"})
+    shutil.copyfile(paths.root / "prepare.logs" / "metrics.json", out / "metrics.json")
+    shutil.rmtree(work, ignore_errors=True)
+    log.info("prepare: %d in, %d kept, %d quarantined, %d filtered -> %s", manifest["records"]["in"],
+             manifest["records"]["kept"], manifest["records"]["quarantined"],
+             manifest["records"]["filtered"], out)
     return manifest

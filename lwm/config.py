@@ -127,11 +127,24 @@ class FilterConfig:
 
 
 @dataclass
+class PrepareSlurmConfig:
+    """Where prepare's datatrove jobs go with prepare.executor=slurm."""
+    partition: str = ""
+    time: str = "04:00:00"
+    mem_per_cpu_gb: int = 4
+    sbatch_args: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class PrepareConfig:
     input: str = ""                # trajectories JSONL; empty = the run's collect output
+    executor: str = "local"        # local | slurm (datatrove executors)
+    tasks: int = 0                 # datatrove tasks per parallel stage; 0 = by input size
+    workers: int = 2               # tasks run at once by the local executor
+    slurm: PrepareSlurmConfig = field(default_factory=PrepareSlurmConfig)
     redact: bool = True            # secrets and personal data, before anything is written
-    dedup_exact: bool = True
-    dedup_near: bool = True        # MinHash LSH over word 5-grams
+    dedup: bool = True             # MinHash (5-grams, 14x8 LSH): exact and near duplicates
+    tokenizer_sample: int = 100000 # trajectories the tokenizer is trained on, at most
     decontaminate: list[str] = field(default_factory=list)  # eval JSONL files/dirs to exclude
     decontam_ngram: int = 13
     cpt_loss_mask: bool = True     # keep observation tokens in the CPT loss by turn type

@@ -30,6 +30,13 @@ class RunPaths:
     def prepared(self) -> Path:
         return self.root / "prepare"
 
+    def shards(self, name: str) -> list[str]:
+        """The parquet shards prepare wrote for `name` (sft, rl), in order."""
+        files = sorted(str(p) for p in (self.prepared / name).glob("*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"no {name} shards in {self.prepared / name}: run `lwm prepare` first")
+        return files
+
     def model(self, stage: str) -> Path:
         return self.root / stage / "final"
 

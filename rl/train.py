@@ -46,13 +46,11 @@ def rule_content(completions, reference, domain, **_) -> list[float]:
     return [v.content for v in _verdicts(completions, reference, domain)]
 
 
-def rl_prompts(tok, parquet: Path, max_prompt_length: int) -> tuple[datasets.Dataset, dict]:
-    if not parquet.exists():
-        raise FileNotFoundError(f"RL prompts {parquet} not found: run `lwm prepare` first")
-    data = datasets.Dataset.from_parquet(str(parquet))
+def rl_prompts(tok, shards: list[str], max_prompt_length: int) -> tuple[datasets.Dataset, dict]:
+    data = datasets.Dataset.from_parquet(shards)
     fits = data.filter(lambda r: len(encode_prompt(tok, r["prompt"])) <= max_prompt_length)
     if len(fits) == 0:
-        raise ValueError(f"no RL prompt of {parquet} fits rl.max_prompt_length={max_prompt_length}")
+        raise ValueError(f"no RL prompt of {shards[0]}... fits rl.max_prompt_length={max_prompt_length}")
     return fits, {"prompts": len(fits), "skipped_too_long": len(data) - len(fits)}
 
 
@@ -68,7 +66,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tok = load_tokenizer(init)
     tok.padding_side = "left"
     model = load_model(init, cfg.model, cfg.backend.dtype)
-    dataset, stats = rl_prompts(tok, paths.prepared / "rl.parquet", tcfg.max_prompt_length)
+    dataset, stats = rl_prompts(tok, paths.shards("rl"), tcfg.max_prompt_length)
     tracker = Tracker(cfg, "rl", out)
     args = GRPOConfig(**trainer_args(
         cfg, tcfg, out, num_generations=tcfg.num_generations, temperature=tcfg.temperature,

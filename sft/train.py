@@ -45,14 +45,12 @@ def fit_to_length(tok, messages: list[dict], max_length: int, train_history: boo
         dropped += 1
 
 
-def tokenized_samples(tok, parquet: Path, max_length: int, train_history: bool
+def tokenized_samples(tok, shards: list[str], max_length: int, train_history: bool
                       ) -> tuple[datasets.Dataset, dict]:
     """input_ids/labels per sample, truncated from the oldest history turns to max_length;
     samples that cannot fit even then are skipped. Both are counted."""
-    if not parquet.exists():
-        raise FileNotFoundError(f"SFT samples {parquet} not found: run `lwm prepare` first")
     rows, skipped, truncated, dropped_turns, trained_tokens = [], 0, 0, 0, 0
-    for rec in tqdm(datasets.Dataset.from_parquet(str(parquet)), desc="tokenize sft", unit="sample"):
+    for rec in tqdm(datasets.Dataset.from_parquet(shards), desc="tokenize sft", unit="sample"):
         fitted = fit_to_length(tok, rec["prompt"] + rec["completion"], max_length, train_history)
         if fitted is None:
             skipped += 1
@@ -63,7 +61,7 @@ def tokenized_samples(tok, parquet: Path, max_length: int, train_history: bool
         rows.append({"input_ids": ids, "labels": labels})
         trained_tokens += sum(l != -100 for l in labels)
     if not rows:
-        raise ValueError(f"no SFT sample of {parquet} fits sft.max_length={max_length}")
+        raise ValueError(f"no SFT sample of {shards[0]}... fits sft.max_length={max_length}")
     stats = {"samples": len(rows), "skipped_too_long": skipped, "truncated": truncated,
              "history_turns_dropped": dropped_turns, "trained_tokens": trained_tokens}
     return datasets.Dataset.from_list(rows), stats
@@ -115,7 +113,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     model = load_model(init, cfg.model, cfg.backend.dtype)
     # The MoE load-balancing loss is added during training only.
     model.config.output_router_logits = True
-    dataset, stats = tokenized_samples(tok, paths.prepared / "sft.parquet", tcfg.max_length,
+    dataset, stats = tokenized_samples(tok, paths.shards("sft"), tcfg.max_length,
                                        tcfg.train_history_observations)
     tracker = Tracker(cfg, "sft", out)
     # Packing is padding-free (position ids restart per sample), so neither attention nor the

@@ -6,7 +6,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from data_pipeline.curate.dedup import Decontaminator, NearDedup, exact_key
+from data_pipeline.curate.dedup import Decontaminator
 from data_pipeline.curate.filters import clean_turns, drop_reason
 from data_pipeline.curate.redact import redact_text, redact_trajectory
 from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
@@ -99,17 +99,24 @@ def test_retry_cycle_is_context_not_target():
     assert sample == [True, True, True]
 
 
-def test_exact_and_near_duplicates():
+def test_exact_and_near_duplicates_are_removed(tmp_path):
+    from data_pipeline.prepare import prepare
+    from lwm.tracking import RunPaths
     real = load_trajectories(TRAJECTORIES)
     a = real[0]
-    b = Trajectory(**{**a.__dict__, "id": "copy"})
-    assert exact_key(a) == exact_key(b)
-    near = NearDedup()
-    assert not near.seen(a)
-    tweaked = Trajectory(**{**a.__dict__, "id": "tweak",
-                            "steps": a.steps[:-1] + [Step(a.steps[-1].action, a.steps[-1].observation + " x")]})
-    assert near.seen(tweaked)
-    assert not near.seen(real[-1])  # a different task is not a near duplicate
+    exact = Trajectory(**{**a.__dict__, "id": "exact-copy"})
+    last = a.steps[-1]
+    near = Trajectory(**{**a.__dict__, "id": "near-copy",
+                         "steps": a.steps[:-1] + [Step(last.action, last.observation + " x")]})
+    src = tmp_path / "dups.jsonl"
+    src.write_text("".join(t.to_json() + "\n" for t in real + [exact, near]))
+    run = tmp_path / "run"
+    manifest = prepare(make_cfg(run, f"prepare.input={src}"), RunPaths(run))
+    assert manifest["records"]["filter_reasons"]["duplicate"] == 2
+    kept = {json.loads(l)["id"] for name in ("train", "heldout")
+            for l in (run / "prepare" / f"{name}.jsonl").read_text().splitlines()}
+    assert a.id in kept and not {"exact-copy", "near-copy"} & kept
+    assert len(kept) == len(real)  # different tasks are not near duplicates of each other
 
 
 def test_decontamination_by_id_and_ngrams(tmp_path):
@@ -164,7 +171,7 @@ def test_prepare_ships_loss_mask_and_reconciles(prepared_run):
 def test_ablation_switches_curation_off(tmp_path):
     from data_pipeline.prepare import prepare
     from lwm.tracking import RunPaths
-    cfg = make_cfg(tmp_path, f"prepare.input={TRAJECTORIES}", "prepare.dedup_near=false",
+    cfg = make_cfg(tmp_path, f"prepare.input={TRAJECTORIES}", "prepare.dedup=false",
                    "prepare.redact=false", "prepare.cpt_loss_mask=false", "prepare.filters.min_turns=1")
     manifest = prepare(cfg, RunPaths(tmp_path))
     assert manifest["records"]["filtered"] == 0 and manifest["curation"]["redactions"] == {}

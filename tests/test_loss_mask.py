@@ -1,6 +1,8 @@
 """The loss covers exactly the target observation; incremental rendering equals whole templating."""
 
 import datasets
+
+from lwm.tracking import RunPaths
 import pytest
 import torch
 
@@ -14,7 +16,7 @@ def tok(prepared_run):
 
 @pytest.fixture(scope="module")
 def samples(prepared_run):
-    return datasets.Dataset.from_parquet(str(prepared_run / "prepare" / "sft.parquet"))
+    return datasets.Dataset.from_parquet(RunPaths(prepared_run).shards("sft"))
 
 
 def test_incremental_rendering_equals_whole_template(tok, samples):
@@ -56,13 +58,13 @@ def test_sft_trainer_batch_trains_exactly_the_observation(run_copy, tok):
     from tests.conftest import make_cfg
 
     cfg = make_cfg(run_copy)
-    dataset, stats = tokenized_samples(tok, run_copy / "prepare" / "sft.parquet", 2048, False)
+    dataset, stats = tokenized_samples(tok, RunPaths(run_copy).shards("sft"), 2048, False)
     model = build_model(cfg.model, len(tok), tok)
     args = SFTConfig(output_dir=str(run_copy / "t"), per_device_train_batch_size=4, use_cpu=True,
                      report_to=[], max_length=2048, max_steps=1)
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
     batch = next(iter(trainer.get_train_dataloader()))
-    originals = datasets.Dataset.from_parquet(str(run_copy / "prepare" / "sft.parquet"))
+    originals = datasets.Dataset.from_parquet(RunPaths(run_copy).shards("sft"))
     targets = {r["completion"][0]["content"] + EOS for r in originals}
     for ids, labels in zip(batch["input_ids"], batch["labels"]):
         trained = ids[labels != IGNORE]

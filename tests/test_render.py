@@ -67,13 +67,15 @@ def test_verifier_prefers_the_real_observation():
 
 def test_system_prompt_variants_per_stage(prepared_run):
     import datasets
+
+    from lwm.tracking import RunPaths
     dom = get_domain("terminal")
     heads = [v.format(env=dom.description) for v in dom.PROMPT_VARIANTS]
-    sft = datasets.Dataset.from_parquet(str(prepared_run / "prepare" / "sft.parquet"))
+    sft = datasets.Dataset.from_parquet(RunPaths(prepared_run).shards("sft"))
     assert set(sft["prompt_variant"]) == set(range(render.FIRST_SFT_VARIANT, len(heads)))
     for rec in sft:
         assert rec["prompt"][0]["content"].startswith(heads[rec["prompt_variant"]])
-    rl = datasets.Dataset.from_parquet(str(prepared_run / "prepare" / "rl.parquet"))
+    rl = datasets.Dataset.from_parquet(RunPaths(prepared_run).shards("rl"))
     assert all(r["prompt"][0]["content"].startswith(heads[render.RL_VARIANT]) for r in rl)
     assert render.cpt_document(dom, _traj()).startswith(heads[render.CPT_VARIANT])
     # Dynamic parts survive every variant.

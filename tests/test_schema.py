@@ -49,14 +49,14 @@ def test_prepare_quarantines_bad_records(tmp_path):
     from data_pipeline.prepare import prepare
     src = tmp_path / "mixed.jsonl"
     good = TRAJECTORIES.read_text().splitlines()
-    bad = ["{broken", json.dumps({**GOOD, "id": ""}), json.dumps({**GOOD, "domain": "chess"}),
-           good[0]]  # the last is a duplicate id
-    src.write_text("\n".join(good + bad) + "\n")
+    bad = ["{broken", json.dumps({**GOOD, "id": ""}), json.dumps({**GOOD, "domain": "chess"})]
+    duplicate = [good[0]]  # a repeated record is filtered by dedup, not quarantined
+    src.write_text("\n".join(good + bad + duplicate) + "\n")
     run = tmp_path / "run"
     manifest = prepare(make_cfg(run, f"prepare.input={src}"), RunPaths(run))
     rec = manifest["records"]
-    assert rec["in"] == len(good) + len(bad) == rec["kept"] + rec["quarantined"]
-    assert rec["quarantined"] == len(bad)
+    assert rec["in"] == len(good) + len(bad) + 1 == rec["kept"] + rec["quarantined"] + rec["filtered"]
+    assert rec["quarantined"] == len(bad) and rec["filter_reasons"] == {"duplicate": 1}
     lines = [json.loads(l) for l in (run / "prepare" / "quarantine.jsonl").read_text().splitlines()]
     assert {q["field"] for q in lines} == {"<line>", "id", "domain"}
     assert all(q["reason"] and q["file"] == str(src) for q in lines)

@@ -1,6 +1,8 @@
 """SFT packing never lets attention or loss cross samples; long samples lose old turns first."""
 
 import datasets
+
+from lwm.tracking import RunPaths
 import torch
 from trl import SFTConfig, SFTTrainer
 
@@ -20,7 +22,7 @@ def _batch(tok, model, data, packing, tmp_path):
 
 def test_packed_loss_equals_unpacked(run_copy, tmp_path):
     tok = load_tokenizer(run_copy / "prepare" / "tokenizer")
-    data, _ = tokenized_samples(tok, run_copy / "prepare" / "sft.parquet", 4096, False)
+    data, _ = tokenized_samples(tok, RunPaths(run_copy).shards("sft"), 4096, False)
     data = data.select(range(6))
     torch.manual_seed(0)
     model = build_model(make_cfg(run_copy).model, len(tok), tok).eval()
@@ -36,7 +38,7 @@ def test_packed_loss_equals_unpacked(run_copy, tmp_path):
 
 def test_truncation_drops_oldest_history_first(run_copy):
     tok = load_tokenizer(run_copy / "prepare" / "tokenizer")
-    rows = datasets.Dataset.from_parquet(str(run_copy / "prepare" / "sft.parquet"))
+    rows = datasets.Dataset.from_parquet(RunPaths(run_copy).shards("sft"))
     rec = max(rows, key=lambda r: len(r["prompt"]))
     messages = rec["prompt"] + rec["completion"]
     assert len(messages) >= 6  # system, >= 2 history turns, turn t, target

@@ -1,0 +1,227 @@
+"""The data engine of `lwm prepare`: datatrove pipelines, run locally or on Slurm.
+
+    read + validate + curate ──▶ MinHash signatures ──▶ buckets ──▶ clusters ──▶ filter
+        (tasks)                     (tasks)             (14)          (1)        (tasks)
+                                                                                   │
+                    render: split, tokenize, pack CPT shards, SFT/RL/eval rows ◀───┘ (tasks)
+
+Every box is a datatrove executor; datatrove marks each task complete when it finishes, so a
+killed prepare, rerun, redoes only the unfinished tasks, and every task's output depends only
+on its input, so the result is byte-identical to an uninterrupted run. Tasks stream records:
+peak memory depends on the task, not on the corpus. `prepare.executor=slurm` renders the same
+pipelines as Slurm job arrays (datatrove's SlurmPipelineExecutor).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from pathlib import Path
+
+from datatrove.data import Document
+from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
+from datatrove.pipeline.base import PipelineStep
+from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets,
+                                              MinhashDedupCluster, MinhashDedupFilter,
+                                              MinhashDedupSignature)
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.text import TextNormConfig
+from datatrove.utils.word_tokenizers import WordTokenizer
+
+from data_pipeline.curate.dedup import Decontaminator, content_text
+from data_pipeline.curate.filters import clean_turns, drop_reason
+from data_pipeline.curate.redact import redact_trajectory
+from lwm.schema import Trajectory, TrajectoryError, validate
+
+log = logging.getLogger("lwm.engine")
+# Trajectories differ in names, numbers and punctuation (paths, flags, values) that prose
+# dedup normalises away; only whitespace is normalised here.
+MINHASH = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8, seed=1,
+                        norm_config=TextNormConfig(lowercase=False, remove_punctuation=False,
+                                                   norm_unicode_diacritics=False, norm_numbers=False))
+
+
+class WhitespaceWords(WordTokenizer):
+    """Shingles over whitespace-separated words: trajectories are commands, code and screens,
+    for which a natural-language word tokenizer is the wrong unit (and would pull in spaCy)."""
+
+    def word_tokenize(self, text: str) -> list[str]:
+        return text.split()
+
+    def sent_tokenize(self, text: str) -> list[str]:
+        return text.splitlines()
+
+    def span_tokenize(self, text: str) -> list[tuple[int, int]]:
+        spans, pos = [], 0
+        for line in text.splitlines(keepends=True):
+            spans.append((pos, pos + len(line)))
+            pos += len(line)
+        return spans
+
+
+def write_json(path: Path, obj) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(obj, sort_keys=True))
+    tmp.replace(path)
+
+
+def malformed_check(domain_name: str):
+    """The domain's action check from its collector, when it has one (for retry cycles)."""
+    from data_pipeline.collect.base import ActionError, collector_names, get_collector
+    if domain_name not in collector_names():
+        return None
+    try:
+        collector = get_collector(domain_name, None)
+    except ImportError:
+        return None
+
+    def malformed(action: str) -> bool:
+        try:
+            collector.check_action(action)
+            return False
+        except ActionError:
+            return True
+    return malformed
+
+
+class ReadAndCurate(PipelineStep):
+    """Reads trajectory JSONL (task r takes every line i with i % world == r), validates it
+    (bad records -> quarantine with file, line, field, reason), then redacts, cleans turns,
+    applies the recipe's filters and decontaminates. Survivors become documents whose text
+    is what dedup compares and whose metadata carries the record and its trainable turns."""
+
+    name = "read+curate"
+    type = "lwm"
+
+    def __init__(self, inputs: list[str], work: str, domains: list[str], pcfg: dict):
+        super().__init__()
+        self.inputs, self.work, self.domains, self.pcfg = inputs, work, domains, pcfg
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        from lwm.config import FilterConfig
+        filters = FilterConfig(**self.pcfg["filters"])
+        decontam = (Decontaminator([Path(p) for p in self.pcfg["decontaminate"]],
+                                   self.pcfg["decontam_ngram"]) if self.pcfg["decontaminate"] else None)
+        work = Path(self.work)
+        counts = {"in": 0, "quarantined": Counter(), "filtered": Counter(), "redactions": Counter(),
+                  "turns": Counter()}
+        checks = {}
+        qpath = work / "quarantine" / f"{rank:05d}.jsonl"
+        qpath.parent.mkdir(parents=True, exist_ok=True)
+        index = -1
+        with open(qpath, "w", encoding="utf-8") as quarantine:
+            for path in self.inputs:
+                with open(path, encoding="utf-8") as f:
+                    for lineno, line in enumerate(f, 1):
+                        if not line.strip():
+                            continue
+                        index += 1
+                        if index % world_size != rank:
+                            continue
+                        counts["in"] += 1
+                        rec = None
+                        try:
+                            try:
+                                rec = json.loads(line)
+                            except json.JSONDecodeError as e:
+                                raise TrajectoryError(f"invalid JSON ({e.msg} at column {e.colno})",
+                                                      "<line>", path, lineno) from None
+                            validate(rec, path, lineno, domains=set(self.domains))
+                        except TrajectoryError as e:
+                            counts["quarantined"][reason_key(e)] += 1
+                            quarantine.write(json.dumps(
+                                {"file": path, "line": lineno, "field": e.field, "reason": e.reason,
+                                 "record": rec if isinstance(rec, dict) else None},
+                                ensure_ascii=False) + "\n")
+                            continue
+                        traj = Trajectory.from_dict(rec, path, lineno)
+                        doc = self._curate(traj, filters, decontam, counts, checks)
+                        if doc is not None:
+                            doc.metadata["order"] = index
+                            yield doc
+        counts = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in counts.items()}
+        write_json(work / "stats" / f"curate_{rank:05d}.json", counts)
+
+    def _curate(self, traj, filters, decontam, counts, checks):
+        if self.pcfg["redact"]:
+            traj = redact_trajectory(traj, counts["redactions"])
+        if traj.domain not in checks:
+            checks[traj.domain] = malformed_check(traj.domain)
+        traj, sample, stats = clean_turns(traj, filters, checks[traj.domain])
+        counts["turns"].update(stats)
+        reason = drop_reason(traj, filters)
+        if reason is None and not any(sample):
+            reason = "no trainable turn"
+        if reason is None and decontam is not None:
+            reason = decontam.reason(traj)
+        if reason is not None:
+            counts["filtered"][reason] += 1
+            return None
+        record = json.loads(traj.to_json())
+        return Document(text=content_text(traj), id=traj.id,
+                        metadata={"record": record, "sample": sample})
+
+
+def reason_key(e: TrajectoryError) -> str:
+    """A quarantine reason without record-specific values, for counting."""
+    import re
+    return f"{e.field}: " + re.sub(r"'[^']*'|\d+", "*", e.reason.split(" (")[0])
+
+
+class Executors:
+    """Builds datatrove executors of one kind (local or slurm) under one work folder."""
+
+    def __init__(self, kind: str, work: Path, workers: int, slurm: dict | None = None):
+        if kind not in ("local", "slurm"):
+            raise ValueError(f"prepare.executor: '{kind}' is not one of local, slurm")
+        self.kind, self.work, self.workers, self.slurm = kind, work, workers, slurm or {}
+        self.previous = None
+
+    def __call__(self, name: str, pipeline: list, tasks: int):
+        logs = str(self.work / "logs" / name)
+        if self.kind == "local":
+            # One worker runs tasks in this process: no pool to start for small inputs.
+            ex = LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, logging_dir=logs,
+                                       workers=min(self.workers, tasks), depends=self.previous,
+                                       start_method="forkserver")
+        else:
+            ex = SlurmPipelineExecutor(
+                pipeline=pipeline, tasks=tasks, logging_dir=logs, depends=self.previous,
+                job_name=f"lwm-prepare-{name}", time=self.slurm.get("time", "04:00:00"),
+                partition=self.slurm.get("partition") or "default", cpus_per_task=1,
+                mem_per_cpu_gb=self.slurm.get("mem_per_cpu_gb", 4),
+                sbatch_args=self.slurm.get("sbatch_args") or {})
+        self.previous = ex
+        return ex
+
+
+def curate_and_dedup(inputs: list[Path], work: Path, domains: list[str], pcfg: dict, tasks: int,
+                     executors: Executors):
+    """Builds the executors up to the deduplicated documents in work/deduped; returns the last."""
+    reader = lambda: JsonlReader(str(work / "curated"), glob_pattern="*.jsonl.gz")  # noqa: E731
+    curate = executors("curate", [
+        ReadAndCurate([str(p) for p in inputs], str(work), domains, pcfg),
+        JsonlWriter(str(work / "curated"), output_filename="${rank}.jsonl.gz"),
+    ], tasks)
+    if not pcfg["dedup"]:
+        return curate, work / "curated"
+    executors("minhash_signatures", [reader(), MinhashDedupSignature(
+        output_folder=str(work / "minhash" / "signatures"), config=MINHASH,
+        language=WhitespaceWords())], tasks)
+    executors("minhash_buckets", [MinhashDedupBuckets(
+        input_folder=str(work / "minhash" / "signatures"),
+        output_folder=str(work / "minhash" / "buckets"), config=MINHASH)], MINHASH.num_buckets)
+    executors("minhash_cluster", [MinhashDedupCluster(
+        input_folder=str(work / "minhash" / "buckets"),
+        output_folder=str(work / "minhash" / "remove_ids"), config=MINHASH)], 1)
+    last = executors("minhash_filter", [
+        reader(),
+        MinhashDedupFilter(input_folder=str(work / "minhash" / "remove_ids"),
+                           exclusion_writer=JsonlWriter(str(work / "duplicates"),
+                                                        output_filename="${rank}.jsonl.gz")),
+        JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl.gz"),
+    ], tasks)
+    return last, work / "deduped"

@@ -1,0 +1,87 @@
+"""prepare on datatrove: kill-and-resume is byte-identical; the Slurm executor's job scripts."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from tests.conftest import TINY, TRAJECTORIES
+
+DATA_FILES = ("cpt/train.bin", "cpt/train.idx", "cpt/train_lossmask.bin", "cpt/heldout.bin",
+              "train.jsonl", "heldout.jsonl", "quarantine.jsonl", "eval/terminal_test.jsonl",
+              "tokenizer/tokenizer.json", "manifest.json")
+
+
+def _prepare(run_dir: Path, *extra, wait=True, env=None):
+    cmd = [sys.executable, "-m", "lwm.cli", "prepare", f"hydra.run.dir={run_dir}", *TINY,
+           f"prepare.input={TRAJECTORIES}", "prepare.tasks=4", "prepare.workers=1", *extra]
+    env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _outputs(run_dir: Path) -> dict[str, bytes]:
+    out = run_dir / "prepare"
+    files = {f: (out / f).read_bytes() for f in DATA_FILES}
+    for name in ("sft", "rl"):
+        for part in sorted((out / name).glob("*.parquet")):
+            files[f"{name}/{part.name}"] = part.read_bytes()
+    return files
+
+
+def test_killed_prepare_resumes_byte_identical(tmp_path):
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    done = _prepare(whole)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    proc = _prepare(killed, wait=False)
+    deadline = time.time() + 300
+    completions = lambda: list(killed.glob("prepare.work-*/logs/curate/completions/*"))  # noqa: E731
+    while len(completions()) < 2 and time.time() < deadline:
+        assert proc.poll() is None, "prepare finished before it could be killed"
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "prepare" / "manifest.json").exists()
+    resumed = _prepare(killed)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Skipping" in resumed.stderr  # datatrove skipped the tasks that had completed
+    a, b = _outputs(whole), _outputs(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert a[name] == b[name], name
+    assert not list(killed.glob("prepare.work-*"))  # the work folder is cleaned up
+
+
+def test_slurm_executor_renders_job_arrays(tmp_path):
+    bin_dir, scripts = tmp_path / "bin", tmp_path / "scripts"
+    bin_dir.mkdir()
+    scripts.mkdir()
+    # A stand-in for Slurm's sbatch (no cluster here): keeps each script, answers with a job id.
+    (bin_dir / "sbatch").write_text(
+        "#!/bin/sh\nn=$(ls " + str(scripts) + " | grep -c sh$)\n"
+        "for last; do :; done\ncp \"$last\" " + str(scripts) + "/job$n.sh\n"
+        "echo \"$@\" > " + str(scripts) + "/job$n.args\necho Submitted batch job $((100 + n))\n")
+    (bin_dir / "sbatch").chmod(0o755)
+    res = _prepare(tmp_path / "run", "prepare.executor=slurm", "prepare.slurm.partition=cpu",
+                   env={"PATH": f"{bin_dir}:{os.environ['PATH']}"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    jobs = sorted(scripts.glob("job*.sh"), key=lambda p: int(p.stem[3:]))
+    # datatrove submits each stage as a job array running the pickled pipeline, plus a small
+    # job merging its statistics.
+    main = [p for p in jobs if "launch_pickled_pipeline" in p.read_text()]
+    texts = [p.read_text() for p in main]
+    names = [next(l for l in t.splitlines() if "--job-name" in l).split("=", 1)[1] for t in texts]
+    assert names == ["lwm-prepare-curate", "lwm-prepare-minhash_signatures", "lwm-prepare-minhash_buckets",
+                     "lwm-prepare-minhash_cluster", "lwm-prepare-minhash_filter", "lwm-prepare-tokenizer",
+                     "lwm-prepare-render", "lwm-prepare-publish"]
+    assert all("#SBATCH --partition=cpu" in t for t in texts)
+    assert "#SBATCH --array=0-3" in texts[0] and "#SBATCH --array=0-13" in texts[2]
+    ids = [100 + int(p.stem[3:]) for p in main]
+    for i in range(1, len(main)):  # each stage waits for the previous one to succeed
+        assert f"afterok:{ids[i - 1]}" in (scripts / f"{main[i].stem}.args").read_text()
+    assert not (tmp_path / "run" / "prepare" / "manifest.json").exists()  # nothing ran locally
