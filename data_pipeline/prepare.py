@@ -30,7 +30,6 @@ import pyarrow.parquet as pq
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader
 from omegaconf import DictConfig, OmegaConf
-from tqdm import tqdm
 
 from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
 from data_pipeline.engine import Executors, curate_and_dedup, write_json
@@ -409,7 +408,7 @@ def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
     if not manifest["split"].get("train"):
         raise ValueError(f"prepare: no valid training trajectories in {', '.join(map(str, inputs))}"
                          f" (records: {manifest['records']})")
-    summary = tracker.finish({k: v for k, v in manifest.items() if k != "fingerprint"})
+    tracker.finish({k: v for k, v in manifest.items() if k != "fingerprint"})
     shutil.copyfile(paths.root / "prepare.logs" / "metrics.json", out / "metrics.json")
     shutil.rmtree(work, ignore_errors=True)
     log.info("prepare: %d in, %d kept, %d quarantined, %d filtered -> %s", manifest["records"]["in"],

@@ -1,158 +1,106 @@
-"""`lwm eval`: generate on AgentWorldBench-format sets, score with the rule verifiers.
+"""`lwm eval`: predict on AgentWorldBench-format sets, score, report.
 
-Reads per-domain `*_test.jsonl` files (the public benchmark's or our held-out sets), generates
-each sample's next observation with a local checkpoint (batched, greedy by default), scores it
-with the domain's rule verifier, and prints a per-domain table. Predictions are appended as they
-are made, so a killed eval resumes where it stopped. `lwm run` scores every stage's model on the
-same set and ends with one comparison table.
+Reads per-domain `*_test.jsonl` files (the public benchmark's or our held-out sets); predicts
+each sample's next observation with a local checkpoint (batched) or an OpenAI-compatible
+endpoint (eval.endpoint.base_url: concurrent, retried); parses the prediction as the benchmark
+does (reasoning removed, the last <predicted_observation> block, else the whole text). Rule
+metrics are always computed (offline); eval.mode=judge|turing|reference adds an LLM judge.
+Predictions and judgements are appended as they are made, so a killed eval resumes where it
+stopped. `lwm run` scores every stage's model on the same set and ends with one table.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections import defaultdict
 from pathlib import Path
 
-import numpy as np
-import torch
 from omegaconf import DictConfig
-from tqdm import tqdm
 
+from eval.config import eval_options
+from eval.data import Sample, load_eval_set, view
+from eval.generate import predict_endpoint, predict_local, read_done
+from eval.judge import aggregate_ab, judge_all
+from eval.report import HEADLINE, plots, rule_detail, table
+from eval.score import aggregate_judged, aggregate_rule, rule_row
 from lwm.domains import extract_observation, get_domain
-from lwm.modeling import load_model
-from lwm.tokenizer import encode_prompt, load_tokenizer
 from lwm.tracking import RunPaths, Tracker, write_metrics
 
 log = logging.getLogger("lwm.eval")
 STAGE_MODELS = ("init", "cpt", "sft", "rl")
-_FIELDS = ("task", "id", "prompt", "response")
 
 
-def load_eval_set(source: Path, max_samples: int) -> list[dict]:
-    """AgentWorldBench JSONL records from a file or every *_test.jsonl in a folder;
-    at most max_samples per domain (0 = all), in file order."""
-    files = sorted(source.glob("*_test.jsonl")) if source.is_dir() else [source]
-    if not files:
-        raise FileNotFoundError(f"eval: no *_test.jsonl files in {source}")
-    records, per_domain = [], defaultdict(int)
-    for path in files:
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                rec = json.loads(line)
-                missing = [k for k in _FIELDS if k not in rec]
-                if missing:
-                    raise ValueError(f"{path}:{lineno}: field '{missing[0]}' missing "
-                                     "(AgentWorldBench layout expected)")
-                if max_samples and per_domain[rec["task"]] >= max_samples:
-                    continue
-                per_domain[rec["task"]] += 1
-                records.append(rec)
-    return records
-
-
-def prompt_messages(rec: dict) -> list[dict]:
-    messages = list(rec["prompt"])
-    if rec.get("system_str") and (not messages or messages[0]["role"] != "system"):
-        messages = [{"role": "system", "content": rec["system_str"]}] + messages
-    return messages
-
-
-def reference_observation(rec: dict) -> str:
-    response = rec["response"]
-    text = response[-1]["content"] if isinstance(response[-1], dict) else response[-1]
-    return extract_observation(text)[0]
-
-
-@torch.no_grad()
-def generate(model, tok, prompts: list[list[int]], max_new_tokens: int, temperature: float) -> list[str]:
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                         do_sample=temperature > 0, temperature=temperature or None, top_p=None,
-                         top_k=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return tok.batch_decode(out[:, width:], skip_special_tokens=True)
-
-
-def score_checkpoint(cfg: DictConfig, checkpoint: Path, records: list[dict], out: Path) -> dict:
-    """Predict and score every record with one checkpoint; resumes from predictions.jsonl."""
-    out.mkdir(parents=True, exist_ok=True)
-    pred_path = out / "predictions.jsonl"
-    done = {}
-    if pred_path.exists():
-        for line in pred_path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-                done[rec["id"]] = rec
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: everything from here is redone
-        pred_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()))
-    todo = [r for r in records if r["id"] not in done]
-    if todo:
-        tok = load_tokenizer(checkpoint)
-        model = load_model(checkpoint, cfg.model, cfg.backend.dtype).eval()
-        todo.sort(key=lambda r: len(json.dumps(r["prompt"])))  # similar lengths batch together
-        bar = tqdm(total=len(todo), desc=f"eval {out.name}", unit="sample")
-        with open(pred_path, "a", encoding="utf-8") as f:
-            for i in range(0, len(todo), cfg.eval.batch_size):
-                batch = todo[i:i + cfg.eval.batch_size]
-                prompts = [encode_prompt(tok, prompt_messages(r)) for r in batch]
-                texts = generate(model, tok, prompts, cfg.eval.max_new_tokens, cfg.eval.temperature)
-                for rec, text in zip(batch, texts):
-                    verdict = get_domain(rec["task"]).verify(text, reference_observation(rec))
-                    row = {"id": rec["id"], "task": rec["task"], "prediction": text,
-                           **verdict.as_dict()}
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    done[rec["id"]] = row
-                f.flush()
-                bar.update(len(batch))
-        bar.close()
-    rows = [done[r["id"]] for r in records]
-    per_domain = defaultdict(list)
-    for row in rows:
-        per_domain[row["task"]].append(row)
-    metrics = {"checkpoint": str(checkpoint), "samples": len(rows), "domains": {
-        d: {k: float(np.mean([r[k] for r in rs])) for k in ("score", "format", "content", "exact")}
-        | {"samples": len(rs)} for d, rs in sorted(per_domain.items())}}
-    metrics["micro"] = float(np.mean([r["score"] for r in rows])) if rows else 0.0
-    metrics["macro"] = float(np.mean([m["score"] for m in metrics["domains"].values()])) if rows else 0.0
+def score_predictions(opts, samples: list[Sample], preds: dict[str, dict], out: Path
+                      ) -> tuple[dict, list[float]]:
+    """Metrics of one model's predictions, and its per-sample headline scores (0-100)."""
+    rows = []
+    for s in samples:
+        raw = preds[s.id]["prediction"]
+        obs = extract_observation(raw)[0]
+        rows.append({"id": s.id, "task": s.domain, "turn_idx": s.turn_idx,
+                     **rule_row(get_domain(s.domain), obs, raw, s.reference, s.history)})
+    metrics = {"mode": opts.mode, **aggregate_rule(rows)}
+    per_sample = [100 * r["score"] for r in rows]
+    if opts.mode != "rule":
+        items = [{"task": s.domain, "id": s.id, "turn_idx": s.turn_idx, "history": s.history,
+                  "current": s.current, "reference": s.reference, "gen": preds[s.id]["prediction"],
+                  "prediction": extract_observation(preds[s.id]["prediction"])[0]} for s in samples]
+        if opts.mode == "reference":
+            if not opts.judge.baseline:
+                raise ValueError("eval.mode=reference needs eval.judge.baseline (a predictions.jsonl)")
+            base = read_done(Path(opts.judge.baseline))
+            missing = [it["id"] for it in items if it["id"] not in base]
+            if missing:
+                raise ValueError(f"eval.judge.baseline lacks sample '{missing[0]}' ({len(missing)} in all)")
+            for it in items:
+                it["baseline"] = extract_observation(base[it["id"]]["prediction"])[0]
+        kind = "rubric" if opts.mode == "judge" else opts.mode
+        judged = judge_all(opts.judge, kind, items, out / "judged.jsonl")
+        if opts.mode == "judge":
+            metrics["judge"] = aggregate_judged(judged)
+            per_sample = [(r["total_score"] - 1) / 4 * 100 for r in judged if r["failed"] == 0.0]
+        else:
+            key = "fooled" if opts.mode == "turing" else "win"
+            metrics[opts.mode] = aggregate_ab(judged, key)
+            per_sample = [100 * r[key] for r in judged if r["failed"] == 0.0]
     write_metrics(out / "metrics.json", metrics)
-    return metrics
+    return metrics, per_sample
 
 
-def table(results: dict[str, dict]) -> str:
-    """Markdown table: one row per model, a column per domain (rule score x 100), micro, macro."""
-    domains = sorted({d for m in results.values() for d in m["domains"]})
-    head = "| model | " + " | ".join(domains) + " | micro | macro |"
-    lines = [head, "|" + "---|" * (len(domains) + 3)]
-    for name, m in results.items():
-        cells = [f"{100 * m['domains'][d]['score']:.1f}" if d in m["domains"] else "-" for d in domains]
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {100 * m['micro']:.1f} | {100 * m['macro']:.1f} |")
-    return "\n".join(lines)
+def _models(cfg, opts, paths: RunPaths) -> dict[str, Path | None]:
+    if opts.endpoint.base_url:
+        return {opts.endpoint.model or "endpoint": None}
+    if cfg.eval.checkpoint:
+        return {Path(cfg.eval.checkpoint).name: Path(cfg.eval.checkpoint)}
+    trained = {s: paths.model(s) for s in STAGE_MODELS if (paths.model(s) / "config.json").exists()}
+    if not trained:
+        raise FileNotFoundError(f"eval: no trained model under {paths.root}; set eval.checkpoint "
+                                "or eval.endpoint.base_url")
+    return trained if cfg.eval.compare_stages else dict([list(trained.items())[-1]])
 
 
 def evaluate(cfg: DictConfig, paths: RunPaths) -> dict:
+    opts = eval_options(cfg)
     out = paths.stage("eval")
     source = Path(cfg.eval.input) if cfg.eval.input else paths.prepared / "eval"
-    records = load_eval_set(source, cfg.eval.max_samples)
+    samples = [view(r) for r in load_eval_set(source, cfg.eval.max_samples)]
     tracker = Tracker(cfg, "eval", out)
-    if cfg.eval.checkpoint:
-        models = {Path(cfg.eval.checkpoint).name: Path(cfg.eval.checkpoint)}
-    else:
-        trained = {s: paths.model(s) for s in STAGE_MODELS if (paths.model(s) / "config.json").exists()}
-        if not trained:
-            raise FileNotFoundError(f"eval: no trained model under {paths.root}; set eval.checkpoint")
-        models = trained if cfg.eval.compare_stages else dict([list(trained.items())[-1]])
-    results = {name: score_checkpoint(cfg, ckpt, records, out / name) for name, ckpt in models.items()}
+    results, per_sample = {}, {}
+    for name, ckpt in _models(cfg, opts, paths).items():
+        model_out = out / name
+        model_out.mkdir(parents=True, exist_ok=True)
+        preds = (predict_endpoint(opts.endpoint, samples, model_out) if ckpt is None
+                 else predict_local(cfg, ckpt, samples, model_out))
+        results[name], per_sample[name] = score_predictions(opts, samples, preds, model_out)
+        results[name]["checkpoint"] = str(ckpt) if ckpt else opts.endpoint.base_url
+    title = f"{HEADLINE[opts.mode]} on {source} ({len(samples)} samples)"
     report = table(results)
-    (out / "report.md").write_text(f"Rule-verifier scores (x100) on {source}\n\n{report}\n")
-    print(f"\nRule-verifier scores (x100), {len(records)} samples from {source}:\n{report}\n")
+    body = [f"# Eval\n\n{title}\n\n{report}\n",
+            f"## Rule metrics, all samples (x100)\n\n{rule_detail(results)}\n"]
+    if opts.plots:
+        files = plots(results, per_sample, out)
+        body.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in files) + "\n")
+    (out / "report.md").write_text("\n".join(body))
+    print(f"\n{title}:\n{report}\n")
     for name, m in results.items():
         tracker.log({f"{name}/micro": m["micro"], f"{name}/macro": m["macro"]})
-    return tracker.finish({"source": str(source), "results": results})
+    return tracker.finish({"source": str(source), "mode": opts.mode, "results": results})

@@ -27,6 +27,9 @@ def _stage_fn(name: str):
     if name == "ingest":
         from data_pipeline.ingest import ingest
         return ingest
+    if name == "serve":
+        from serve.server import serve
+        return serve
     if name == "prepare":
         from data_pipeline.prepare import prepare
         return prepare

@@ -1,7 +1,8 @@
 """`lwm STAGE [hydra overrides]`: one entry point for every stage.
 
 STAGE is collect, prepare, cpt, sft, rl, eval, or run (all of them in order); `ingest` turns
-existing logs into trajectories that prepare picks up. Everything after the stage is Hydra's:
+existing logs into trajectories that prepare picks up; `serve` puts a checkpoint behind an
+OpenAI-compatible endpoint. Everything after the stage is Hydra's:
 overrides, `-m` sweeps, `--cfg job`, `--help`.
 """
 
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 from lwm.config import STAGES, register_configs
 
 CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
-COMMANDS = STAGES + ("run", "ingest")
+COMMANDS = STAGES + ("run", "ingest", "serve")
 USAGE = f"usage: lwm {{{','.join(COMMANDS)}}} [hydra overrides]"
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 
+from eval.config import EndpointConfig, JudgeConfig
 from lwm.env_config import (McpEnvConfig, OsEnvConfig, SearchEnvConfig, SweEnvConfig,
                             WebEnvConfig)
+from serve.config import ServeConfig
 
 STAGES = ("collect", "prepare", "cpt", "sft", "rl", "eval")
 
@@ -208,6 +210,10 @@ class EvalConfig:
     max_new_tokens: int = 192
     temperature: float = 0.0
     compare_stages: bool = False   # score untrained/cpt/sft/rl side by side (lwm run sets it)
+    mode: str = "rule"             # rule | judge | turing | reference
+    endpoint: EndpointConfig = field(default_factory=EndpointConfig)  # the model under test, served
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    plots: bool = True
 
 
 @dataclass
@@ -235,6 +241,7 @@ class LWMConfig:
     sft: SftConfig = field(default_factory=SftConfig)
     rl: RlConfig = field(default_factory=RlConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    serve: ServeConfig = field(default_factory=ServeConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 

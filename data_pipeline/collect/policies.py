@@ -52,7 +52,12 @@ class _ScriptAgent(Agent):
         self.meta = {"task_name": task.name, "params": task.params, "end_reason": "script_done"}
 
     def act(self, observation, steps):
-        return self.actions[len(steps)] if len(steps) < len(self.actions) else None
+        if len(steps) >= len(self.actions):
+            return None
+        # A step may depend on what is on screen (a web element's id exists only once the page
+        # renders): such a step is a function of the current observation.
+        action = self.actions[len(steps)]
+        return action(observation) if callable(action) else action
 
 
 class ScriptedPolicy(Policy):

@@ -1,0 +1,77 @@
+"""`lwm ingest`: existing logs in a public format into schema-valid trajectories.
+
+    summary = ingest(cfg, paths)   # cfg.ingest: format, path, domain, name
+
+Writes <run>/ingest/<name>.jsonl (read by `prepare` with the collected trajectories),
+<run>/ingest/quarantine/<name>.jsonl (records that could not convert, with file, record, field
+and reason; kept out of the folder `prepare` globs) and <run>/ingest/metrics.json.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+
+from tqdm import tqdm
+
+from data_pipeline.ingest.common import Reject
+from lwm.domains import domain_names
+from lwm.schema import TrajectoryError, validate
+from lwm.tracking import Tracker
+
+FORMATS = {
+    "agentworldbench": "data_pipeline.ingest.agentworldbench",
+    "openai_chat": "data_pipeline.ingest.openai_chat",
+}
+
+
+def ingest(cfg, paths) -> dict:
+    fmt = cfg.ingest.format
+    if fmt not in FORMATS:
+        raise ValueError(f"ingest.format '{fmt}' is unknown (formats: {', '.join(sorted(FORMATS))})")
+    if not cfg.ingest.path:
+        raise ValueError("ingest.path is empty: give the file or folder to import")
+    convert = importlib.import_module(FORMATS[fmt]).convert
+    out_dir = paths.stage("ingest")
+    name = cfg.ingest.name or fmt
+    out, bad = out_dir / f"{name}.jsonl", out_dir / "quarantine" / f"{name}.jsonl"
+    bad.parent.mkdir(exist_ok=True)
+    tracker = Tracker(cfg, "ingest", out_dir)
+    counts, domains, seen = Counter(), Counter(), set()
+    known = set(domain_names())
+    # Written under temporary names and renamed at the end: prepare never sees half a file.
+    with open(out.with_suffix(".tmp"), "w", encoding="utf-8") as good_f, \
+            open(bad.with_suffix(".tmp"), "w", encoding="utf-8") as bad_f, \
+            tqdm(desc=f"ingest {fmt}", unit="rec", dynamic_ncols=True) as bar:
+        for item in convert(Path(cfg.ingest.path), cfg):
+            bar.update()
+            if isinstance(item, Reject):
+                bad_f.write(json.dumps(item.as_dict(), ensure_ascii=False) + "\n")
+                counts["quarantined"] += 1
+                continue
+            rec = asdict(item)
+            try:
+                validate(rec, cfg.ingest.path, item.id, known)
+                if item.id in seen:
+                    raise TrajectoryError("duplicate id", "id", cfg.ingest.path, item.id)
+            except TrajectoryError as e:
+                bad_f.write(json.dumps(Reject(e.source, e.record, e.field, e.reason).as_dict(),
+                                       ensure_ascii=False) + "\n")
+                counts["quarantined"] += 1
+                continue
+            seen.add(item.id)
+            good_f.write(item.to_json() + "\n")
+            counts["trajectories"] += 1
+            counts["steps"] += len(item.steps)
+            domains[item.domain] += 1
+    os.replace(out.with_suffix(".tmp"), out)
+    os.replace(bad.with_suffix(".tmp"), bad)
+    summary = {"format": fmt, "input": str(cfg.ingest.path), "output": str(out),
+               "trajectories": counts["trajectories"], "steps": counts["steps"],
+               "quarantined": counts["quarantined"], "domains": dict(domains)}
+    tracker.log({k: v for k, v in summary.items() if isinstance(v, int)})
+    return tracker.finish(summary)

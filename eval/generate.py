@@ -1,0 +1,100 @@
+"""Predictions of the model under test: a local checkpoint (batched generate) or an
+OpenAI-compatible endpoint (concurrent requests with retries). Both append to predictions.jsonl
+as results arrive, so a killed eval continues where it stopped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from eval.client import ChatClient, EndpointError, run_concurrent
+from eval.data import Sample
+
+
+def read_done(path: Path) -> dict[str, dict]:
+    """Rows already written; a line cut by a kill and everything after it are dropped."""
+    done = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+                done[row["id"]] = row
+            except json.JSONDecodeError:
+                break
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()))
+    return done
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[list[int]], max_new_tokens: int, temperature: float) -> list[str]:
+    width = max(map(len, prompts))
+    ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
+        ids[i, width - len(p):] = torch.tensor(p)
+        mask[i, width - len(p):] = 1
+    ids, mask = ids.to(model.device), mask.to(model.device)
+    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
+                         do_sample=temperature > 0, temperature=temperature or None, top_p=None,
+                         top_k=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return tok.batch_decode(out[:, width:], skip_special_tokens=True)
+
+
+def _row(s: Sample, text: str, **extra) -> dict:
+    return {"id": s.id, "task": s.domain, "turn_idx": s.turn_idx, "prediction": text, **extra}
+
+
+def predict_local(cfg, checkpoint: Path, samples: list[Sample], out: Path) -> dict[str, dict]:
+    from lwm.modeling import load_model
+    from lwm.tokenizer import encode_prompt, load_tokenizer
+    path = out / "predictions.jsonl"
+    done = read_done(path)
+    todo = [s for s in samples if s.id not in done]
+    if todo:
+        tok = load_tokenizer(checkpoint)
+        model = load_model(checkpoint, cfg.model, cfg.backend.dtype).eval()
+        if torch.cuda.is_available():
+            model = model.cuda()
+        todo.sort(key=lambda s: len(json.dumps(s.messages)))  # similar lengths batch together
+        bar = tqdm(total=len(todo), desc=f"eval {out.name}", unit="sample")
+        with open(path, "a", encoding="utf-8") as f:
+            for i in range(0, len(todo), cfg.eval.batch_size):
+                batch = todo[i:i + cfg.eval.batch_size]
+                prompts = [encode_prompt(tok, s.messages) for s in batch]
+                texts = generate(model, tok, prompts, cfg.eval.max_new_tokens, cfg.eval.temperature)
+                for s, text in zip(batch, texts):
+                    done[s.id] = _row(s, text)
+                    f.write(json.dumps(done[s.id], ensure_ascii=False) + "\n")
+                f.flush()
+                bar.update(len(batch))
+        bar.close()
+    return done
+
+
+def predict_endpoint(ecfg, samples: list[Sample], out: Path) -> dict[str, dict]:
+    """A failed request is recorded with an empty prediction and `error`, and retried on resume."""
+    path = out / "predictions.jsonl"
+    done = {k: v for k, v in read_done(path).items() if not v.get("error")}
+    todo = [s for s in samples if s.id not in done]
+    if todo:
+        client = ChatClient(ecfg)
+        bar = tqdm(total=len(todo), desc=f"eval {out.name} (endpoint)", unit="sample")
+
+        def ask(s: Sample) -> dict:
+            try:
+                return _row(s, client.complete(s.messages))
+            except EndpointError as e:
+                return _row(s, "", error=str(e))
+
+        with open(path, "a", encoding="utf-8") as f:
+            def write(s, row):
+                f.write(json.dumps(row, ensure_ascii=False) + "\n")
+                f.flush()
+                done[s.id] = row
+                bar.update(1)
+            run_concurrent(ask, todo, ecfg.concurrency, write)
+        bar.close()
+    return done

@@ -1,0 +1,1 @@
+"""Serving a world model: an OpenAI-compatible endpoint (`lwm serve`) and WorldModelEnv."""
