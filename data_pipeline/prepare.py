@@ -94,6 +94,15 @@ def cpt_tokens(tok, domain, traj: Trajectory, masked: bool) -> tuple[list[int], 
     return ids + [tok.eos_token_id], mask + [1], kinds
 
 
+def mixture_copies(traj: Trajectory, mixture: dict, seed: int) -> int:
+    """How many times a training trajectory enters CPT/SFT/RL: its domain's (or source's)
+    mixture weight w gives floor(w) copies plus one more with probability frac(w), drawn from
+    the trajectory id so every task layout agrees. Unlisted: weight 1."""
+    weight = mixture.get(traj.source, mixture.get(traj.domain, 1.0))
+    whole, frac = divmod(float(weight), 1.0)
+    return int(whole) + (_rng(seed, "mixture:" + traj.id).random() < frac)
+
+
 class ShardPacker:
     """Packs token streams into seq_len sequences (EOS between documents) in Megatron's indexed
     format, one packed sequence per entry, with a parallel uint8 loss-mask dataset
@@ -148,7 +157,8 @@ class RenderShards(PipelineStep):
         packers = {s: ShardPacker(out / "cpt" / f"{s}.{rank:05d}", self.data["seq_len"], tok.pad_token_id)
                    for s in ("train", "heldout")}
         sft, rl, evals = [], [], {}
-        stats = {"split": Counter(), "domains": Counter(), "turn_types": {"train": Counter(), "heldout": Counter()},
+        stats = {"split": Counter(), "domains": Counter(), "copies": Counter(),
+                 "turn_types": {"train": Counter(), "heldout": Counter()},
                  "prompt_tokens": [], "target_tokens": []}
         splits = {s: open(out / "splits" / f"{s}.{rank:05d}.jsonl", "w", encoding="utf-8")
                   for s in ("train", "heldout")}
@@ -161,7 +171,11 @@ class RenderShards(PipelineStep):
             stats["domains"][traj.domain] += 1
             splits[split].write(traj.to_json() + "\n")
             ids, mask, kinds = cpt_tokens(tok, domain, traj, self.pcfg["cpt_loss_mask"])
-            packers[split].add(ids, mask)
+            copies = 1 if split == "heldout" else mixture_copies(traj, self.data["mixture"], self.seed)
+            if split == "train":
+                stats["copies"][traj.domain] += copies
+            for _ in range(copies):
+                packers[split].add(ids, mask)
             stats["turn_types"][split].update(kinds)
             turns = [t for t in range(1, len(traj.steps) + 1) if sample[t - 1]]
             if split == "heldout":
@@ -170,19 +184,21 @@ class RenderShards(PipelineStep):
                     evals.setdefault(traj.domain, []).append(json.dumps(rec, ensure_ascii=False))
                 continue
             rng = _rng(self.seed, traj.id)
-            for t in turns:
-                variant = rng.randrange(render.FIRST_SFT_VARIANT, len(domain.PROMPT_VARIANTS))
-                prompt, answer = render.turn_messages(domain, traj, t, self.data["max_history"], variant)
-                sft.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
-                            "prompt_variant": variant, "prompt": prompt, "completion": [answer]})
-                stats["prompt_tokens"].append(len(tok.apply_chat_template(prompt, tokenize=True,
-                                                                         return_dict=False)))
-                stats["target_tokens"].append(len(tok.encode(answer["content"], add_special_tokens=False)))
-            # RL takes one turn per trajectory (multi-turn expansion destabilises RL in the recipe).
-            t = rng.choice(turns)
-            prompt, _ = render.turn_messages(domain, traj, t, self.data["max_history"])
-            rl.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
-                       "prompt": prompt, "reference": traj.steps[t - 1].observation})
+            for copy in range(copies):  # a copy draws its own prompt variants and RL turn
+                for t in turns:
+                    variant = rng.randrange(render.FIRST_SFT_VARIANT, len(domain.PROMPT_VARIANTS))
+                    prompt, answer = render.turn_messages(domain, traj, t, self.data["max_history"], variant)
+                    sft.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
+                                "copy": copy, "prompt_variant": variant, "prompt": prompt,
+                                "completion": [answer]})
+                    stats["prompt_tokens"].append(len(tok.apply_chat_template(prompt, tokenize=True,
+                                                                             return_dict=False)))
+                    stats["target_tokens"].append(len(tok.encode(answer["content"], add_special_tokens=False)))
+                # RL takes one turn per trajectory (multi-turn expansion destabilised RL in the recipe).
+                t = rng.choice(turns)
+                prompt, _ = render.turn_messages(domain, traj, t, self.data["max_history"])
+                rl.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t, "copy": copy,
+                           "prompt": prompt, "reference": traj.steps[t - 1].observation})
         for f in splits.values():
             f.close()
         cpt = {s: p.finish() for s, p in packers.items()}
@@ -309,6 +325,8 @@ def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_sourc
                      "dedup": "minhash 5-gram, 14 bands x 8 rows" if cfg["prepare"]["dedup"] else "off"},
         "split": _add([r["split"] for r in rendered]),
         "domains": _add([r["domains"] for r in rendered]),
+        "mixture": {"weights": dict(cfg["data"]["mixture"]),
+                    "train_copies": _add([r["copies"] for r in rendered])},
         "tokenizer": {"source": tokenizer_source, "vocab_size": len(tok)},
         "cpt": cpt,
         "sft": {"samples": n_sft,

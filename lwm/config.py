@@ -45,6 +45,7 @@ class DataConfig:
     domains: list[str] = field(default_factory=lambda: ["terminal"])
     extra_domains: dict[str, str] = field(default_factory=dict)  # name -> "module:Class"
     trajectories: list[str] = field(default_factory=list)  # extra JSONL inputs to prepare
+    mixture: dict[str, float] = field(default_factory=dict)  # domain or source -> weight (1 = as is)
     heldout_fraction: float = 0.15
     max_history: int = 2           # earlier turns kept in an SFT/RL/eval prompt
     tokenizer: str = ""            # a local tokenizer dir; empty = train one on the train split

@@ -176,3 +176,16 @@ def test_ablation_switches_curation_off(tmp_path):
     manifest = prepare(cfg, RunPaths(tmp_path))
     assert manifest["records"]["filtered"] == 0 and manifest["curation"]["redactions"] == {}
     assert manifest["cpt"]["train"]["turn_types"] == {}
+
+
+def test_mixture_weights_repeat_or_thin_domains(tmp_path):
+    from data_pipeline.prepare import mixture_copies, prepare
+    from lwm.tracking import RunPaths
+    t = traj()
+    assert mixture_copies(t, {}, 0) == 1 and mixture_copies(t, {"terminal": 3.0}, 0) == 3
+    draws = [mixture_copies(traj(tid=f"t{i}"), {"terminal": 0.25}, 0) for i in range(2000)]
+    assert 0.2 < sum(draws) / len(draws) < 0.3
+    run = tmp_path / "run"
+    manifest = prepare(make_cfg(run, f"prepare.input={TRAJECTORIES}", "+data.mixture.terminal=2.0"),
+                       RunPaths(run))
+    assert manifest["mixture"]["train_copies"]["terminal"] == 2 * manifest["split"]["train"]

@@ -1,0 +1,119 @@
+"""Throughput and memory of `lwm prepare` on a large synthetic-but-realistic corpus.
+
+    python bench/bench_prepare.py --trajectories 1000000 --seed-file runs/default/collect/trajectories.jsonl
+
+The corpus is made from real collected trajectories (the seed file) by re-drawing their words
+and numbers, so records keep real shapes, lengths and formats while differing like real data
+does. Reported, on this machine:
+  - full prepare: trajectories/s, tokens/s per core, peak RSS (the whole process tree);
+  - the ceiling: the tokenizer alone on the same rendered text (tokens/s per core);
+  - a baseline: plain `datasets.map` tokenisation of the same text (tokens/s per core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+os.environ["TOKENIZERS_PARALLELISM"] = "false"  # per-core numbers: one thread per process
+_TOKEN = re.compile(r"[A-Za-z]{3,}|\d+")
+
+
+def make_corpus(seed_file: Path, out: Path, n: int, shards: int) -> int:
+    """n trajectories in `shards` JSONL files, each a real seed record with fresh words/numbers."""
+    seeds = [json.loads(l) for l in seed_file.read_text().splitlines() if l.strip()]
+    vocab = sorted({w for s in seeds for w in _TOKEN.findall(json.dumps(s)) if w.isalpha()})
+    out.mkdir(parents=True, exist_ok=True)
+    files = [open(out / f"part-{i:04d}.jsonl", "w", encoding="utf-8") for i in range(shards)]
+    size = 0
+    for i in range(n):
+        rng = random.Random(i)
+        rec = seeds[i % len(seeds)]
+        swap = {w: rng.choice(vocab) for w in rng.sample(vocab, min(12, len(vocab)))}
+
+        def redraw(text: str) -> str:
+            return _TOKEN.sub(lambda m: str(rng.randint(0, 10 ** len(m.group())))
+                              if m.group().isdigit() else swap.get(m.group(), m.group()), text)
+        new = {**rec, "id": f"bench-{i:08d}", "task": redraw(rec["task"]),
+               "initial_observation": redraw(rec["initial_observation"]),
+               "steps": [{"action": s["action"], "observation": redraw(s["observation"])}
+                         for s in rec["steps"]]}
+        line = json.dumps(new, ensure_ascii=False) + "\n"
+        files[i % shards].write(line)
+        size += len(line)
+    for f in files:
+        f.close()
+    return size
+
+
+def tokenizer_ceiling(tokenizer: str, texts: list[str]) -> float:
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    start = time.perf_counter()
+    n = sum(len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"])
+    return n / (time.perf_counter() - start)
+
+
+def datasets_map_baseline(tokenizer: str, texts: list[str]) -> float:
+    import datasets
+    from transformers import AutoTokenizer
+    tok = AutoTokenizer.from_pretrained(tokenizer)
+    ds = datasets.Dataset.from_dict({"text": texts})
+    start = time.perf_counter()
+    out = ds.map(lambda b: tok(b["text"], add_special_tokens=False), batched=True,
+                 remove_columns=["text"], load_from_cache_file=False)
+    n = sum(len(ids) for ids in out["input_ids"])
+    return n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--trajectories", type=int, default=1_000_000)
+    ap.add_argument("--seed-file", type=Path, required=True)
+    ap.add_argument("--work", type=Path, default=Path("runs/bench_prepare"))
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--sample", type=int, default=20000, help="texts for the tokenizer ceiling/baseline")
+    a = ap.parse_args()
+
+    corpus = a.work / "corpus"
+    t = time.perf_counter()
+    size = make_corpus(a.seed_file, corpus, a.trajectories, shards=max(a.workers * 4, 1))
+    print(f"corpus: {a.trajectories} trajectories, {size / 2**20:.0f} MiB, made in {time.perf_counter() - t:.0f} s")
+
+    run = a.work / "run"
+    parts = sorted(corpus.glob("*.jsonl"))
+    cmd = [sys.executable, "-m", "lwm.cli", "prepare", f"hydra.run.dir={run}", "wandb.mode=disabled",
+           f"prepare.input={parts[0]}", f"data.trajectories=[{','.join(map(str, parts[1:]))}]",
+           f"prepare.workers={a.workers}"]
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - t
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    manifest = json.loads((run / "prepare" / "manifest.json").read_text())
+    tokens = sum(s["tokens"] for s in manifest["cpt"].values())
+    print(f"prepare: {wall:.0f} s, {a.trajectories / wall:.0f} trajectories/s, "
+          f"{tokens / wall / a.workers:.0f} CPT tokens/s per core ({a.workers} workers), "
+          f"peak RSS of one process {peak_kib / 2**10:.0f} MiB")
+    print(f"packed CPT shards: real-token fraction {manifest['cpt']['train']['real_token_fraction']:.4f}")
+
+    from lwm import render
+    from lwm.domains import get_domain
+    from lwm.schema import Trajectory
+    lines = (run / "prepare" / "train.jsonl").read_text().splitlines()[:a.sample]
+    texts = [render.cpt_document(get_domain(r.domain), r)
+             for r in (Trajectory.from_dict(json.loads(l)) for l in lines)]
+    tok_dir = str(run / "prepare" / "tokenizer")
+    print(f"tokenizer alone (ceiling): {tokenizer_ceiling(tok_dir, texts):.0f} tokens/s per core")
+    print(f"datasets.map baseline:     {datasets_map_baseline(tok_dir, texts):.0f} tokens/s per core")
+
+
+if __name__ == "__main__":
+    main()
