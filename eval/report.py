@@ -56,6 +56,20 @@ def rule_detail(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def controllability_table(results: dict[str, dict]) -> str:
+    """Share of observations (x100) that obey each perturbation, per model and domain."""
+    rows = [(name, d, v) for name, m in results.items()
+            for d, v in sorted((m.get("controllability") or {}).items())]
+    if not rows:
+        return ""
+    kinds = sorted({k for _, _, v in rows for k in v if k != "samples"})
+    lines = ["| model | domain | " + " | ".join(kinds) + " | samples |", "|" + "---|" * (len(kinds) + 3)]
+    for name, d, v in rows:
+        lines.append(f"| {name} | {d} | " + " | ".join(_fmt(100 * v[k]) if k in v else "-" for k in kinds)
+                     + f" | {v['samples']} |")
+    return "\n".join(lines)
+
+
 def plots(results: dict[str, dict], per_sample: dict[str, list[float]], out: Path) -> list[Path]:
     """Per-domain bars, stage comparison and score distributions as PNGs under out/."""
     import matplotlib

@@ -12,6 +12,7 @@ stopped. `lwm run` scores every stage's model on the same set and ends with one 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 from omegaconf import DictConfig
@@ -20,8 +21,8 @@ from eval.config import eval_options
 from eval.data import Sample, load_eval_set, view
 from eval.generate import predict_endpoint, predict_local, read_done
 from eval.judge import aggregate_ab, judge_all
-from eval.report import HEADLINE, plots, rule_detail, table
-from eval.score import aggregate_judged, aggregate_rule, rule_row
+from eval.report import HEADLINE, controllability_table, plots, rule_detail, table
+from eval.score import aggregate_judged, aggregate_rule, follows_instruction, rule_row
 from lwm.domains import extract_observation, get_domain
 from lwm.tracking import RunPaths, Tracker, write_metrics
 
@@ -66,6 +67,32 @@ def score_predictions(opts, samples: list[Sample], preds: dict[str, dict], out: 
     return metrics, per_sample
 
 
+def controllability(cfg, opts, ckpt: Path | None, samples: list[Sample], out: Path) -> dict:
+    """Ask the first eval.controllability_samples samples of each domain again with each
+    perturbation (inject an error, paginate, withhold a result) as a simulation instruction,
+    and report per domain and perturbation the share of observations that obey it."""
+    from serve.world_env import PERTURBATIONS, with_instruction
+    per_domain: dict[str, list[Sample]] = {}
+    for s in samples:
+        if len(per_domain.setdefault(s.domain, [])) < cfg.eval.controllability_samples:
+            per_domain[s.domain].append(s)
+    asked = [replace(s, id=f"{s.id}#{kind}", messages=with_instruction(s.messages, text))
+             for group in per_domain.values() for s in group for kind, text in PERTURBATIONS.items()]
+    if not asked:
+        return {}
+    out.mkdir(parents=True, exist_ok=True)
+    preds = (predict_endpoint(opts.endpoint, asked, out) if ckpt is None
+             else predict_local(cfg, ckpt, asked, out))
+    rates: dict[str, dict[str, list[bool]]] = {}
+    for s in asked:
+        kind = s.id.rsplit("#", 1)[1]
+        obs = extract_observation(preds[s.id]["prediction"])[0]
+        rates.setdefault(s.domain, {}).setdefault(kind, []).append(
+            follows_instruction(kind, obs, get_domain(s.domain)))
+    return {d: {k: sum(v) / len(v) for k, v in kinds.items()} | {"samples": len(per_domain[d])}
+            for d, kinds in rates.items()}
+
+
 def _models(cfg, opts, paths: RunPaths) -> dict[str, Path | None]:
     if opts.endpoint.base_url:
         return {opts.endpoint.model or "endpoint": None}
@@ -91,11 +118,16 @@ def evaluate(cfg: DictConfig, paths: RunPaths) -> dict:
         preds = (predict_endpoint(opts.endpoint, samples, model_out) if ckpt is None
                  else predict_local(cfg, ckpt, samples, model_out))
         results[name], per_sample[name] = score_predictions(opts, samples, preds, model_out)
+        results[name]["controllability"] = controllability(cfg, opts, ckpt, samples,
+                                                           model_out / "controllability")
         results[name]["checkpoint"] = str(ckpt) if ckpt else opts.endpoint.base_url
     title = f"{HEADLINE[opts.mode]} on {source} ({len(samples)} samples)"
     report = table(results)
     body = [f"# Eval\n\n{title}\n\n{report}\n",
             f"## Rule metrics, all samples (x100)\n\n{rule_detail(results)}\n"]
+    if control := controllability_table(results):
+        body.append("## Controllability: observations obeying a simulation instruction (x100)\n\n"
+                    f"{control}\n")
     if opts.plots:
         files = plots(results, per_sample, out)
         body.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in files) + "\n")

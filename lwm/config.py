@@ -178,6 +178,20 @@ class CptConfig(TrainConfig):
 
 
 @dataclass
+class SftTeacherConfig(EndpointConfig):
+    """Reasoning targets: k candidates per SFT query from a teacher (an OpenAI-compatible
+    endpoint, or `path`, a local checkpoint), scored against the real observation."""
+    path: str = ""                 # a local checkpoint as teacher, when base_url is empty
+    samples: int = 4               # k candidates per query
+    temperature: float = 1.0
+    max_tokens: int = 512
+    threshold: float = 0.6         # the best candidate's score must reach this to be kept
+    rubric_weight: float = 0.9     # score = rubric * w + rule * (1 - w) with a judge, else rule
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # optional; empty base_url = rules only
+    max_queries: int = 0           # SFT samples sent to the teacher, at most (0 = all)
+
+
+@dataclass
 class SftConfig(TrainConfig):
     max_steps: int = 150
     batch_size: int = 4            # packed rows of up to max_length tokens when packing
@@ -185,6 +199,7 @@ class SftConfig(TrainConfig):
     max_length: int = 1024
     packing: bool = True
     train_history_observations: bool = False  # also put earlier observations in the loss
+    teacher: SftTeacherConfig = field(default_factory=SftTeacherConfig)  # empty = observation only
 
 
 @dataclass
@@ -198,8 +213,16 @@ class RlConfig(TrainConfig):
     temperature: float = 1.0
     max_prompt_length: int = 1024
     max_completion_length: int = 192
-    beta: float = 0.0              # KL coefficient
+    beta: float = 0.0              # KL coefficient (KL is logged when > 0)
     epsilon: float = 0.2           # clipping
+    judge: JudgeConfig = field(default_factory=JudgeConfig)  # rubric judge; empty base_url = rules only
+    rubric_weight: float = 0.9     # reward = rubric_weight * rubric + rule_weight * rule
+    rule_weight: float = 0.1
+    guard_penalty: float = 1.0     # subtracted (and rubric/rule zeroed) for judge-directed text
+    use_vllm: bool = False         # generate with vLLM (TRL) when installed
+    vllm_mode: str = "colocate"    # colocate | server
+    vllm_server_base_url: str = "" # server mode: a `trl vllm-serve` URL
+    vllm_gpu_memory_utilization: float = 0.3
 
 
 @dataclass
@@ -211,6 +234,7 @@ class EvalConfig:
     max_new_tokens: int = 192
     temperature: float = 0.0
     compare_stages: bool = False   # score untrained/cpt/sft/rl side by side (lwm run sets it)
+    controllability_samples: int = 4  # per domain, asked again under each perturbation; 0 = off
     mode: str = "rule"             # rule | judge | turing | reference
     endpoint: EndpointConfig = field(default_factory=EndpointConfig)  # the model under test, served
     judge: JudgeConfig = field(default_factory=JudgeConfig)

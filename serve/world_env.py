@@ -48,6 +48,15 @@ DEMO_ACTIONS = {
 Generator = Callable[[list[dict]], str]
 
 
+def with_instruction(messages: list[dict], text: str) -> list[dict]:
+    """The messages with a simulation instruction added to the current action's turn."""
+    if not text:
+        return messages
+    last = dict(messages[-1])
+    last["content"] += "\n\n" + INSTRUCTION_HEADER + "\n" + text
+    return [*messages[:-1], last]
+
+
 def instruction_text(perturbation: str | None) -> str:
     if not perturbation:
         return ""
@@ -86,11 +95,7 @@ class WorldModelEnv:
         pending = Trajectory(**{**self.traj.__dict__, "steps": [*self.traj.steps, Step(action, "")]})
         messages, _ = render.turn_messages(self._domain, pending, len(pending.steps), self.max_history)
         notes = [t for t in (instruction_text(self.instruction), instruction_text(perturbation)) if t]
-        if notes:
-            last = dict(messages[-1])
-            last["content"] += "\n\n" + INSTRUCTION_HEADER + "\n" + "\n".join(notes)
-            messages[-1] = last
-        return messages
+        return with_instruction(messages, "\n".join(notes))
 
     def step(self, action: str, perturbation: str | None = None
              ) -> tuple[str, float, bool, bool, dict]:

@@ -62,3 +62,18 @@ def test_benchmark_layout_runs_through_rule_mode(tiny_ckpt, tmp_path):
     assert result["samples"] == 5 and set(result["domains"]) == {"terminal", "mcp"}
     # the consistency check applies where the real observation repeats earlier identifiers
     assert result["domains"]["terminal"]["consistency"] is not None
+
+
+def test_controllability_is_scored_per_perturbation(prepared_run, tiny_ckpt, tmp_path):
+    from serve.world_env import PERTURBATIONS
+    run = tmp_path / "run"
+    (run / "prepare").mkdir(parents=True)
+    (run / "prepare" / "eval").symlink_to(prepared_run / "prepare" / "eval")
+    summary = evaluate(_cfg(run, tiny_ckpt, "eval.controllability_samples=2"), RunPaths(run))
+    control = summary["results"]["ckpt"]["controllability"]["terminal"]
+    assert set(control) == set(PERTURBATIONS) | {"samples"} and control["samples"] == 2
+    assert all(0.0 <= control[k] <= 1.0 for k in PERTURBATIONS)
+    asked = [json.loads(l) for l in (run / "eval" / "ckpt" / "controllability" / "predictions.jsonl")
+             .read_text().splitlines()]
+    assert len(asked) == 2 * len(PERTURBATIONS)
+    assert "Controllability" in (run / "eval" / "report.md").read_text()

@@ -26,6 +26,8 @@ from lwm.tracking import Tracker
 FORMATS = {
     "agentworldbench": "data_pipeline.ingest.agentworldbench",
     "openai_chat": "data_pipeline.ingest.openai_chat",
+    "androidworld": "data_pipeline.ingest.android:convert_androidworld",
+    "androidcontrol": "data_pipeline.ingest.android:convert_androidcontrol",
 }
 
 
@@ -35,7 +37,8 @@ def ingest(cfg, paths) -> dict:
         raise ValueError(f"ingest.format '{fmt}' is unknown (formats: {', '.join(sorted(FORMATS))})")
     if not cfg.ingest.path:
         raise ValueError("ingest.path is empty: give the file or folder to import")
-    convert = importlib.import_module(FORMATS[fmt]).convert
+    module, _, function = FORMATS[fmt].partition(":")   # "module" or "module:function"
+    convert = getattr(importlib.import_module(module), function or "convert")
     out_dir = paths.stage("ingest")
     name = cfg.ingest.name or fmt
     out, bad = out_dir / f"{name}.jsonl", out_dir / "quarantine" / f"{name}.jsonl"
