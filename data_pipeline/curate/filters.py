@@ -19,7 +19,10 @@ TOOL_DOMAINS = ("mcp", "swe")
 _EMPTY_ACTIONS = {"", "[]", "{}", "null", '""', "noop()"}
 _ERROR = re.compile(r"(?i)\b(error|exception|traceback|invalid|not found|unknown|failed|"
                     r"no such|cannot|unrecognized|malformed)\b")
-_GUI_FAILURE = re.compile(r"(?i)(net::ERR_|page crashed|target closed|browser has been closed|"
+# The environment itself broke (the app server is down, the browser or emulator died); an
+# action's own failure (a blocked URL, a missing element) is data and stays.
+_GUI_FAILURE = re.compile(r"(?i)(net::ERR_(?:CONNECTION_REFUSED|CONNECTION_RESET|CONNECTION_CLOSED|"
+                          r"EMPTY_RESPONSE)|page crashed|target closed|browser has been closed|"
                           r"accessibility tree (?:is )?unavailable|environment (?:error|failure)|"
                           r"emulator (?:crashed|offline)|session not created)")
 
