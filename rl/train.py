@@ -1,11 +1,17 @@
-"""`lwm rl`: GRPO (TRL) from the SFT checkpoint, rewarded by the domain's rule verifier.
+"""`lwm rl`: GSPO or GRPO (TRL) from the SFT checkpoint with the hybrid reward of rl/rewards.py.
 
-One turn per trajectory (prepared that way). The reward sees only the observation extracted
-from <predicted_observation> tags; reasoning before it is never scored.
+One turn per trajectory (prepared that way). The reward is w_rubric * judge rubric + w_rule *
+rule verifier (rules alone when no judge endpoint is configured, so runs work offline), minus
+a penalty for judge-directed text; it sees only the observation extracted from
+<predicted_observation> tags. Generation is TRL's: vLLM (colocated or a server) with
+rl.use_vllm, transformers' generate otherwise. TRL logs every reward component
+(rewards/<name>/mean), the rubric dimensions, judge failure rate, completion length, KL and
+clip ratios to wandb each logging step; the same per-step series go to rl/metrics.json.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
@@ -13,37 +19,17 @@ import datasets
 from omegaconf import DictConfig
 from trl import GRPOConfig, GRPOTrainer
 
-from lwm.domains import get_domain
 from lwm.modeling import load_model
 from lwm.tokenizer import encode_prompt, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
+from rl.rewards import HybridReward
 from sft.train import resume_arg, save_final, trainer_args
 
 log = logging.getLogger("lwm.rl")
 
-
-def _text(completion) -> str:
-    # Conversational datasets give [{"role": "assistant", "content": ...}]; plain ones a string.
-    return completion[-1]["content"] if isinstance(completion, list) else completion
-
-
-def _verdicts(completions, reference, domain):
-    return [get_domain(d).verify(_text(c), r) for c, r, d in zip(completions, reference, domain)]
-
-
-def rule_reward(completions, reference, domain, **_) -> list[float]:
-    """The rule verifier's score in [0, 1]: format and content against the real observation."""
-    return [v.score for v in _verdicts(completions, reference, domain)]
-
-
-def rule_format(completions, reference, domain, **_) -> list[float]:
-    """Logged with weight 0: the format part of the rule score."""
-    return [v.format for v in _verdicts(completions, reference, domain)]
-
-
-def rule_content(completions, reference, domain, **_) -> list[float]:
-    """Logged with weight 0: the content part of the rule score."""
-    return [v.content for v in _verdicts(completions, reference, domain)]
+# Per-step series kept in metrics.json (TRL's log names; prefixes match every key under them).
+LOGGED = ("reward", "reward_std", "rewards/", "rubric/", "judge/", "guard/", "completions/mean_length",
+          "kl", "clip_ratio/", "entropy", "loss")
 
 
 def rl_prompts(tok, shards: list[str], max_prompt_length: int) -> tuple[datasets.Dataset, dict]:
@@ -54,6 +40,27 @@ def rl_prompts(tok, shards: list[str], max_prompt_length: int) -> tuple[datasets
     return fits, {"prompts": len(fits), "skipped_too_long": len(data) - len(fits)}
 
 
+def generation_args(tcfg) -> dict:
+    """vLLM when asked for and installed; TRL's transformers generation otherwise."""
+    if not tcfg.use_vllm:
+        return {"use_vllm": False}
+    if importlib.util.find_spec("vllm") is None:
+        log.warning("rl.use_vllm: vllm is not installed; generating with transformers")
+        return {"use_vllm": False}
+    if tcfg.vllm_mode not in ("colocate", "server"):
+        raise ValueError(f"rl.vllm_mode: '{tcfg.vllm_mode}' is not one of colocate, server")
+    extra = {"vllm_server_base_url": tcfg.vllm_server_base_url} if tcfg.vllm_server_base_url else {}
+    return {"use_vllm": True, "vllm_mode": tcfg.vllm_mode,
+            "vllm_gpu_memory_utilization": tcfg.vllm_gpu_memory_utilization, **extra}
+
+
+def step_series(log_history: list[dict]) -> list[dict]:
+    """The logged training steps, reduced to the reward breakdown and optimisation metrics."""
+    return [{"step": h["step"], **{k: round(v, 6) for k, v in h.items()
+                                   if isinstance(v, float) and k.startswith(LOGGED)}}
+            for h in log_history if "reward" in h]
+
+
 def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tcfg, out = cfg.rl, paths.stage("rl")
     final = paths.model("rl")
@@ -62,6 +69,8 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         return Tracker.load(out)
     if tcfg.algorithm not in ("grpo", "gspo"):
         raise ValueError(f"rl.algorithm: '{tcfg.algorithm}' is not one of grpo, gspo")
+    reward = HybridReward(tcfg)
+    funcs, weights = reward.funcs()
     init = Path(tcfg.init) if tcfg.init else paths.model("sft")
     tok = load_tokenizer(init)
     tok.padding_side = "left"
@@ -72,14 +81,20 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         cfg, tcfg, out, num_generations=tcfg.num_generations, temperature=tcfg.temperature,
         max_completion_length=tcfg.max_completion_length, beta=tcfg.beta, epsilon=tcfg.epsilon,
         importance_sampling_level="sequence" if tcfg.algorithm == "gspo" else "token",
-        reward_weights=[1.0, 0.0, 0.0], log_completions=False))
+        reward_weights=weights, log_completions=False, **generation_args(tcfg)))
     trainer = GRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                          reward_funcs=[rule_reward, rule_format, rule_content])
+                          reward_funcs=funcs)
     trainer.train(resume_from_checkpoint=resume_arg(tcfg.resume, out / "checkpoints"))
     save_final(trainer, tok, final)
-    logs = [h for h in trainer.state.log_history if "reward" in h]
+    steps = step_series(trainer.state.log_history)
+    counts = dict(reward.counts)
     return tracker.finish({
         **stats, "init": str(init), "algorithm": tcfg.algorithm, "steps": trainer.state.global_step,
-        "reward_first": logs[0]["reward"] if logs else None,
-        "reward_last": logs[-1]["reward"] if logs else None,
-        "reward_curve": [round(h["reward"], 4) for h in logs], "checkpoint": str(final)})
+        "reward_weights": reward.weights, "judge": tcfg.judge.base_url or None,
+        "judge_calls": counts.get("judged", 0), "judge_failed": counts.get("judge_failed", 0),
+        "judge_failure_rate": counts["judge_failed"] / counts["judged"] if counts.get("judged") else None,
+        "guard_flagged": counts.get("guarded", 0), "scored_completions": counts.get("samples", 0),
+        "reward_first": steps[0]["reward"] if steps else None,
+        "reward_last": steps[-1]["reward"] if steps else None,
+        "reward_curve": [round(s["reward"], 4) for s in steps], "per_step": steps,
+        "checkpoint": str(final)})

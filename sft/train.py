@@ -3,6 +3,10 @@
 Long samples lose their oldest history turns first (system prompt, initial state and target
 stay); samples are packed padding-free so no attention or loss crosses their boundaries.
 
+With a teacher configured (sft.teacher), each target gets the reasoning of the teacher's best
+verified candidate before the real observation (sft/teacher.py); without one, SFT trains on the
+observation alone.
+
 Samples are (history, action -> observation) conversations rendered by `lwm.render`; they are
 tokenized here with `lwm.tokenizer.encode_chat`, which builds the labels where the text is
 rendered, and handed to TRL pre-tokenized so the loss mask is ours, not re-derived.
@@ -18,9 +22,12 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 from trl import SFTConfig, SFTTrainer
 
+from lwm.domains import extract_observation
 from lwm.modeling import load_model
+from lwm.render import target
 from lwm.tokenizer import encode_chat, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
+from sft.teacher import reasoning_targets
 
 log = logging.getLogger("lwm.sft")
 
@@ -45,13 +52,28 @@ def fit_to_length(tok, messages: list[dict], max_length: int, train_history: boo
         dropped += 1
 
 
-def tokenized_samples(tok, shards: list[str], max_length: int, train_history: bool
-                      ) -> tuple[datasets.Dataset, dict]:
+def with_reasoning(rec: dict, reasoning: dict[str, str]) -> list[dict]:
+    """The sample's messages; its target carries the accepted teacher reasoning, if any, before
+    the real observation."""
+    thought = reasoning.get(f"{rec['id']}#{rec['copy']}")
+    if not thought:
+        return rec["prompt"] + rec["completion"]
+    observation = extract_observation(rec["completion"][-1]["content"])[0]
+    return rec["prompt"] + [{"role": "assistant", "content": target(observation, thought)}]
+
+
+def tokenized_samples(tok, records, max_length: int, train_history: bool,
+                      reasoning: dict[str, str] | None = None) -> tuple[datasets.Dataset, dict]:
     """input_ids/labels per sample, truncated from the oldest history turns to max_length;
-    samples that cannot fit even then are skipped. Both are counted."""
-    rows, skipped, truncated, dropped_turns, trained_tokens = [], 0, 0, 0, 0
-    for rec in tqdm(datasets.Dataset.from_parquet(shards), desc="tokenize sft", unit="sample"):
-        fitted = fit_to_length(tok, rec["prompt"] + rec["completion"], max_length, train_history)
+    samples that cannot fit even then are skipped. Both are counted. `records` are prepared
+    SFT rows (or the shard paths holding them)."""
+    if isinstance(records, list) and records and isinstance(records[0], str):
+        records = datasets.Dataset.from_parquet(records)
+    reasoning = reasoning or {}
+    rows, skipped, truncated, dropped_turns, trained_tokens, reasoned = [], 0, 0, 0, 0, 0
+    for rec in tqdm(records, desc="tokenize sft", unit="sample"):
+        messages = with_reasoning(rec, reasoning)
+        fitted = fit_to_length(tok, messages, max_length, train_history)
         if fitted is None:
             skipped += 1
             continue
@@ -59,11 +81,12 @@ def tokenized_samples(tok, shards: list[str], max_length: int, train_history: bo
         truncated += dropped > 0
         dropped_turns += dropped
         rows.append({"input_ids": ids, "labels": labels})
+        reasoned += bool(reasoning.get(f"{rec['id']}#{rec['copy']}"))
         trained_tokens += sum(l != -100 for l in labels)
     if not rows:
-        raise ValueError(f"no SFT sample of {shards[0]}... fits sft.max_length={max_length}")
-    stats = {"samples": len(rows), "skipped_too_long": skipped, "truncated": truncated,
-             "history_turns_dropped": dropped_turns, "trained_tokens": trained_tokens}
+        raise ValueError(f"no SFT sample fits sft.max_length={max_length}")
+    stats = {"samples": len(rows), "with_reasoning": reasoned, "skipped_too_long": skipped,
+             "truncated": truncated, "history_turns_dropped": dropped_turns, "trained_tokens": trained_tokens}
     return datasets.Dataset.from_list(rows), stats
 
 
@@ -113,8 +136,17 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     model = load_model(init, cfg.model, cfg.backend.dtype)
     # The MoE load-balancing loss is added during training only.
     model.config.output_router_logits = True
-    dataset, stats = tokenized_samples(tok, paths.shards("sft"), tcfg.max_length,
-                                       tcfg.train_history_observations)
+    records = datasets.Dataset.from_parquet(paths.shards("sft"))
+    reasoning, teacher_stats = {}, None
+    if tcfg.teacher.base_url or tcfg.teacher.path:
+        reasoning, teacher_stats = reasoning_targets(tcfg.teacher, list(records), out / "teacher",
+                                                     cfg.seed, cfg.model, cfg.backend.dtype)
+        log.info("sft: teacher reasoning accepted for %d of %d queries", teacher_stats["accepted"],
+                 teacher_stats["queries"])
+    dataset, stats = tokenized_samples(tok, records, tcfg.max_length,
+                                       tcfg.train_history_observations, reasoning)
+    if teacher_stats is not None:
+        stats["teacher"] = teacher_stats
     tracker = Tracker(cfg, "sft", out)
     # Packing is padding-free (position ids restart per sample), so neither attention nor the
     # loss crosses sample boundaries; tests/test_sft_packing.py checks the loss is unchanged.
