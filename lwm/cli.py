@@ -3,7 +3,8 @@
 STAGE is collect, prepare, cpt, sft, rl, eval, or run (all of them in order); `ingest` turns
 existing logs into trajectories that prepare picks up; `serve` puts a checkpoint behind an
 OpenAI-compatible endpoint. Everything after the stage is Hydra's:
-overrides, `-m` sweeps, `--cfg job`, `--help`.
+overrides, `-m` sweeps, `--cfg job`, `--help`; `--dry-run` prints the Slurm job script and the
+parallel layout of the composed config instead of running.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> None:
         print(USAGE, file=sys.stderr)
         sys.exit(2)
     stage, rest = argv[0], argv[1:]
+    if "--dry-run" in rest:  # the Slurm job script and parallel layout, nothing submitted
+        from launch.slurm import main as slurm_main
+        sys.exit(slurm_main(["--dry-run", stage, *[a for a in rest if a != "--dry-run"]]))
     register_configs()
     flags, overrides = _split_flags(rest)
     # Hydra's argparse wants its flags before the overrides, which are one positional list.

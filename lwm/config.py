@@ -12,6 +12,7 @@ from hydra.core.config_store import ConfigStore
 from eval.config import EndpointConfig, JudgeConfig
 from lwm.env_config import (McpEnvConfig, OsEnvConfig, SearchEnvConfig, SweEnvConfig,
                             WebEnvConfig)
+from lwm.parallel_config import DeepSpeedConfig, MegatronConfig
 from serve.config import ServeConfig
 
 STAGES = ("collect", "prepare", "cpt", "sft", "rl", "eval")
@@ -37,6 +38,16 @@ class ModelConfig:
     tie_word_embeddings: bool = True
     attn_implementation: str = "sdpa"
     experts_implementation: str = "grouped_mm"
+    vocab_size: int = 0            # 0 = the tokenizer's size; presets set the published (padded) size
+    shared_expert_intermediate_size: int = 0   # 0 = no shared expert (Qwen3.5 has a gated one)
+    # qwen3_5_moe only: every full_attention_interval-th layer is full (gated) attention, the
+    # others Gated DeltaNet linear attention with these head counts and sizes.
+    full_attention_interval: int = 4
+    linear_num_key_heads: int = 16
+    linear_num_value_heads: int = 32
+    linear_key_head_dim: int = 128
+    linear_value_head_dim: int = 128
+    partial_rotary_factor: float = 1.0
 
 
 @dataclass
@@ -55,9 +66,12 @@ class DataConfig:
 
 @dataclass
 class BackendConfig:
-    name: str = "hf"
+    name: str = "hf"               # hf | deepspeed | megatron
     dtype: str = "float32"         # float32 | bfloat16
     num_threads: int = 0           # torch threads; 0 = all cores
+    strategy: str = "ddp"          # hf with several ranks: ddp | fsdp (torch fully_shard)
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    megatron: MegatronConfig = field(default_factory=MegatronConfig)
 
 
 @dataclass
@@ -68,6 +82,16 @@ class ClusterConfig:
     partition: str = ""
     account: str = ""
     time_minutes: int = 60
+    qos: str = ""
+    constraint: str = ""
+    cpus_per_task: int = 16
+    mem_gb: int = 0                # 0 = the whole node (--mem=0)
+    exclusive: bool = True
+    requeue: bool = True           # preemption: USR1 signal_seconds before the end, save, requeue
+    signal_seconds: int = 120
+    master_port: int = 29500
+    setup: list[str] = field(default_factory=list)  # shell lines run before the launch (module load ...)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

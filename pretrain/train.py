@@ -100,6 +100,11 @@ def initial_model(cfg: DictConfig, tok, paths: RunPaths):
 
 
 def train(cfg: DictConfig, paths: RunPaths) -> dict:
+    if cfg.backend.name != "hf":
+        from pretrain.backends import train_fn
+        return train_fn(cfg.backend.name)(cfg, paths)
+    from launch import preempt
+    preempt.install()
     tcfg, out = cfg.cpt, paths.stage("cpt")
     prepared = paths.prepared
     tok = load_tokenizer(cfg.data.tokenizer or prepared / "tokenizer")
@@ -148,6 +153,12 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
                          "tokens_per_s": tokens / (time.time() - t0)}, step=step)
         if step % tcfg.save_every == 0 and step < tcfg.max_steps:
             checkpoint.save(ckpt_dir, step, model, tok, opt, sched, {"loss": loss_sum})
+        if preempt.requested() and step < tcfg.max_steps:
+            # Slurm is about to stop the job: save, and let the requeued job resume from here.
+            checkpoint.save(ckpt_dir, step, model, tok, opt, sched, {"loss": loss_sum})
+            log.info("cpt: preempted at step %d, checkpoint saved", step)
+            bar.close()
+            return {"steps": step, "preempted": True}
     bar.close()
 
     last_loss = heldout_loss(model, val, tok.pad_token_id, tcfg.batch_size)

@@ -1,0 +1,96 @@
+"""Slurm jobs for a stage: an sbatch script with srun + torchrun inside, rendered from the config.
+
+    python -m launch.slurm --dry-run cpt model=qwen3_5_35b_a3b backend=megatron cluster=slurm_8xh100
+    python -m launch.slurm cpt ...        # writes <runs>/<run_name>/slurm/job.sbatch and sbatch-es it
+
+The dry run prints the exact job script and the parallel layout (or the sizes that do not divide)
+without touching Slurm. Sweeps (`lwm cpt -m ...` with cluster=slurm) go through Hydra's submitit
+launcher instead and become job arrays.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+from string import Template
+
+from launch.torchrun import nproc_per_node, quoted
+from lwm.parallel_config import parallel_plan, world_size_of
+
+ROOT = Path(__file__).resolve().parent.parent
+TEMPLATE = ROOT / "slurm" / "lwm_torchrun.sbatch.tmpl"
+
+
+def compose(stage: str, overrides: list[str]):
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from lwm.cli import CONFIG_DIR
+    from lwm.config import register_configs
+    register_configs()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        return hydra_compose("config", overrides=[f"stage={stage}", "run_dir=unused", *overrides])
+
+
+def render(cfg, stage: str, overrides: list[str], runs_dir: str = "runs") -> str:
+    c = cfg.cluster
+    if c.gpus_per_node < 1:
+        raise ValueError(f"cluster={c.name}: gpus_per_node = {c.gpus_per_node}; Slurm jobs run on GPU nodes "
+                         "(use cluster=local on a CPU machine)")
+    job_dir = f"{runs_dir}/{cfg.run_name}/slurm"
+    optional = [f"#SBATCH --{k}={v}" for k, v in (("partition", c.partition), ("account", c.account),
+                                                  ("qos", c.qos), ("constraint", c.constraint)) if v]
+    if c.exclusive:
+        optional.append("#SBATCH --exclusive")
+    if c.requeue:
+        # B: the batch shell gets USR1, and forwards the request to the trainers by file.
+        optional += ["#SBATCH --requeue", f"#SBATCH --signal=B:USR1@{c.signal_seconds}"]
+    # The run is pinned by name so a requeued job finds its own checkpoints.
+    job_overrides = [o for o in overrides if not o.startswith("run_name=")] + [f"run_name={cfg.run_name}"]
+    return Template(TEMPLATE.read_text()).substitute(
+        job_name=f"lwm-{stage}-{cfg.run_name}", nodes=c.nodes, gpus_per_node=c.gpus_per_node,
+        cpus_per_task=c.cpus_per_task, mem=f"{c.mem_gb}G" if c.mem_gb else "0",
+        time=f"{c.time_minutes // 60:02d}:{c.time_minutes % 60:02d}:00", job_dir=job_dir,
+        optional_lines="\n".join(optional), setup="\n".join(c.setup),
+        env="\n".join(f"export {k}={v}" for k, v in c.env.items()),
+        master_port=c.master_port, signal_seconds=c.signal_seconds,
+        nproc_per_node=nproc_per_node(c), stage=stage, overrides=quoted(job_overrides),
+        requeue_line=('scontrol requeue "$SLURM_JOB_ID"' if c.requeue else ":"))
+
+
+def layout(cfg) -> str:
+    world = world_size_of(cfg.cluster)
+    head = (f"backend={cfg.backend.name} model={cfg.model.name} cluster={cfg.cluster.name}: "
+            f"{cfg.cluster.nodes} node(s) x {cfg.cluster.gpus_per_node} GPU(s)")
+    try:
+        return head + "\n" + parallel_plan(cfg.model, cfg.backend, world).describe()
+    except ValueError as err:
+        return head + f"\nINVALID {err}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m launch.slurm")
+    ap.add_argument("--dry-run", action="store_true", help="print the job script and layout; submit nothing")
+    ap.add_argument("stage")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    cfg = compose(args.stage, args.overrides)
+    text = layout(cfg)
+    script = render(cfg, args.stage, args.overrides)
+    if args.dry_run:
+        print("# parallel layout\n# " + text.replace("\n", "\n# "))
+        print(script)
+        return 1 if "INVALID" in text else 0
+    if "INVALID" in text:
+        print(text, file=sys.stderr)
+        return 1
+    path = ROOT / "runs" / cfg.run_name / "slurm" / "job.sbatch"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(script)
+    return subprocess.run(["sbatch", str(path)], cwd=ROOT).returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())

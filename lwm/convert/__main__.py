@@ -1,0 +1,3 @@
+from lwm.convert import main
+
+main()

@@ -1,0 +1,141 @@
+"""Typed settings of the cluster-scale backends, and the parallel layout they imply.
+
+`backend.deepspeed.*` and `backend.megatron.*` hold each framework's knobs under our names;
+pretrain/backends/ translates them into a DeepSpeed JSON or a Megatron TransformerConfig.
+`parallel_plan()` checks every size that has to divide before any process group exists, so
+a bad layout fails at start-up with the field names, not with a shape error inside NCCL.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+BACKENDS = ("hf", "deepspeed", "megatron")
+
+
+@dataclass
+class DeepSpeedConfig:
+    zero_stage: int = 2                  # 0-3
+    offload_optimizer: str = "none"      # none | cpu | nvme
+    offload_param: str = "none"          # none | cpu | nvme (ZeRO-3 only)
+    nvme_path: str = "/local_nvme"
+    pin_memory: bool = True
+    overlap_comm: bool = True
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 500_000_000
+    allgather_bucket_size: int = 500_000_000
+    stage3_prefetch_bucket_size: int = 50_000_000
+    stage3_param_persistence_threshold: int = 100_000
+    stage3_gather_16bit_weights_on_model_save: bool = True
+    ep_size: int = 1                     # DeepSpeed-MoE expert parallel size (ZeRO 0-2 only)
+    torch_adam: bool = True              # torch's AdamW: no FusedAdam / cpu_adam JIT build
+    activation_checkpointing: bool = False
+    wall_clock_breakdown: bool = False
+
+
+@dataclass
+class MegatronConfig:
+    tensor_parallel: int = 1
+    pipeline_parallel: int = 1
+    virtual_pipeline_parallel: int = 0   # 0 = no interleaved schedule
+    context_parallel: int = 1
+    expert_parallel: int = 1
+    expert_tensor_parallel: int = 1
+    sequence_parallel: bool = False      # required with TP > 1 and MoE
+    token_dispatcher: str = "alltoall"   # alltoall | allgather | flex
+    grouped_gemm: bool = True            # TE grouped GEMM experts (GPU); False = one MLP per expert
+    router_load_balancing: str = "aux_loss"  # aux_loss | seq_aux_loss | global_aux_loss | sinkhorn | none
+    aux_loss_coef: float = -1.0          # < 0: the model's router_aux_loss_coef
+    z_loss_coef: float = 0.0
+    router_dtype: str = "fp32"           # fp32 | fp64 | "" (the model's dtype)
+    capacity_factor: float = 0.0         # 0 = dropless
+    permute_fusion: bool = False         # needs TE
+    distributed_optimizer: bool = True
+    overlap_grad_reduce: bool = True
+    overlap_param_gather: bool = True
+    recompute_granularity: str = ""      # "" | full | selective
+    recompute_method: str = "uniform"    # uniform | block (full recompute only)
+    recompute_num_layers: int = 1
+    recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])  # selective only
+    micro_batch_size: int = 1
+
+
+@dataclass
+class ParallelPlan:
+    """The layout of one job: how the world splits. dp is derived, never set by hand."""
+    world_size: int
+    tp: int = 1
+    pp: int = 1
+    cp: int = 1
+    ep: int = 1
+    etp: int = 1
+    dp: int = 1
+    expert_dp: int = 1
+    num_local_experts: int = 0
+    layers_per_stage: int = 0
+
+    def describe(self) -> str:
+        return (f"world {self.world_size} = TP {self.tp} x PP {self.pp} x CP {self.cp} x DP {self.dp}; "
+                f"experts: EP {self.ep} x ETP {self.etp} x expert-DP {self.expert_dp}, "
+                f"{self.num_local_experts} experts per rank; {self.layers_per_stage} layers per stage")
+
+
+def _must_divide(errors: list[str], a: int, a_name: str, b: int, b_name: str) -> None:
+    if b <= 0:
+        errors.append(f"{b_name} = {b} must be >= 1")
+    elif a % b:
+        errors.append(f"{a_name} = {a} is not divisible by {b_name} = {b}")
+
+
+def parallel_plan(mcfg, bcfg, world_size: int) -> ParallelPlan:
+    """The layout for `world_size` ranks, or a ValueError listing every size that does not divide."""
+    errors: list[str] = []
+    if bcfg.name not in BACKENDS:
+        raise ValueError(f"backend.name = '{bcfg.name}': expected one of {', '.join(BACKENDS)}")
+    if bcfg.name != "megatron":
+        ep = bcfg.deepspeed.ep_size if bcfg.name == "deepspeed" else 1
+        _must_divide(errors, world_size, "world size", ep, "backend.deepspeed.ep_size")
+        _must_divide(errors, mcfg.num_experts, "model.num_experts", ep, "backend.deepspeed.ep_size")
+        if bcfg.name == "deepspeed" and ep > 1 and bcfg.deepspeed.zero_stage == 3:
+            errors.append("backend.deepspeed.ep_size > 1 needs zero_stage <= 2 (DeepSpeed refuses ZeRO-3 with MoE)")
+        if bcfg.name == "deepspeed" and bcfg.deepspeed.offload_param != "none" and bcfg.deepspeed.zero_stage != 3:
+            errors.append("backend.deepspeed.offload_param needs zero_stage = 3")
+        if errors:
+            raise ValueError("parallel layout: " + "; ".join(errors))
+        return ParallelPlan(world_size=world_size, ep=ep, dp=world_size, expert_dp=world_size // ep,
+                            num_local_experts=mcfg.num_experts // ep, layers_per_stage=mcfg.num_layers)
+    m = bcfg.megatron
+    tp, pp, cp, ep, etp = (m.tensor_parallel, m.pipeline_parallel, m.context_parallel,
+                           m.expert_parallel, m.expert_tensor_parallel)
+    _must_divide(errors, mcfg.num_heads, "model.num_heads", tp, "backend.megatron.tensor_parallel")
+    _must_divide(errors, mcfg.num_kv_heads, "model.num_kv_heads", tp, "backend.megatron.tensor_parallel")
+    _must_divide(errors, mcfg.num_experts, "model.num_experts", ep, "backend.megatron.expert_parallel")
+    _must_divide(errors, mcfg.moe_intermediate_size, "model.moe_intermediate_size", etp,
+                 "backend.megatron.expert_tensor_parallel")
+    stages = pp * max(m.virtual_pipeline_parallel, 1)
+    _must_divide(errors, mcfg.num_layers, "model.num_layers", stages,
+                 "backend.megatron.pipeline_parallel * virtual_pipeline_parallel")
+    _must_divide(errors, world_size, "world size (cluster.nodes * cluster.gpus_per_node)", tp * pp * cp,
+                 "tensor_parallel * pipeline_parallel * context_parallel")
+    # The expert layers fold the same ranks as ETP x EP x expert-DP x PP (MoE parallel folding).
+    _must_divide(errors, world_size, "world size (cluster.nodes * cluster.gpus_per_node)", etp * ep * pp,
+                 "expert_tensor_parallel * expert_parallel * pipeline_parallel")
+    if tp > 1 and mcfg.num_experts > 0 and not m.sequence_parallel:
+        errors.append("backend.megatron.sequence_parallel must be true when tensor_parallel > 1 with MoE")
+    if m.virtual_pipeline_parallel and pp == 1:
+        errors.append("backend.megatron.virtual_pipeline_parallel needs pipeline_parallel > 1")
+    if m.token_dispatcher not in ("alltoall", "allgather", "flex"):
+        errors.append(f"backend.megatron.token_dispatcher = '{m.token_dispatcher}': alltoall | allgather | flex")
+    if m.recompute_granularity not in ("", "full", "selective"):
+        errors.append(f"backend.megatron.recompute_granularity = '{m.recompute_granularity}': '' | full | selective")
+    if errors:
+        raise ValueError("parallel layout: " + "; ".join(errors))
+    return ParallelPlan(world_size=world_size, tp=tp, pp=pp, cp=cp, ep=ep, etp=etp,
+                        dp=world_size // (tp * pp * cp), expert_dp=world_size // (etp * ep * pp),
+                        num_local_experts=mcfg.num_experts // ep,
+                        layers_per_stage=mcfg.num_layers // pp)
+
+
+def world_size_of(ccfg) -> int:
+    """Ranks a cluster shape gives: one per GPU, or one per node on CPU (gpus_per_node = 0)."""
+    return ccfg.nodes * max(ccfg.gpus_per_node, 1)

@@ -1,0 +1,55 @@
+"""Process-group plumbing shared by the backends: torchrun's environment in, one group out."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def init(always: bool = False) -> tuple[int, int]:
+    """(rank, world size); joins torchrun's group when launched by it. Outside torchrun: world 1,
+    with a one-rank group only when `always` (DeepSpeed and Megatron need one). NCCL with a GPU,
+    gloo on CPU (the tests' path)."""
+    if "WORLD_SIZE" not in os.environ:
+        if not always:
+            return 0, 1
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 1000))
+    if not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def is_main() -> bool:
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def rank_batch(shards, step: int, micro: int, grad_accum: int, rank: int, dp: int, batch_size: int):
+    """The micro-batch of one data-parallel rank. Global micro-batch index (step*accum+micro)*dp
+    + rank, so dp=1 reads exactly the batches of the single-process loop and a DP run reads
+    dp of them per micro-step, none twice."""
+    return shards.batch((step * grad_accum + micro) * dp + rank, batch_size)
+
+
+def check_resume_dp(saved: dict, dp: int, how_to_reshard: str) -> None:
+    """A checkpoint written with another data-parallel size holds optimizer shards laid out for
+    that size: refuse it by name instead of loading mis-sharded state."""
+    was = saved.get("dp_size")
+    if was is not None and int(was) != dp:
+        raise RuntimeError(f"resume: the checkpoint was written with data-parallel size {was}, this job "
+                           f"has {dp}; {how_to_reshard}")
