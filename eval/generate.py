@@ -49,7 +49,7 @@ def _row(s: Sample, text: str, **extra) -> dict:
 
 def predict_local(cfg, checkpoint: Path, samples: list[Sample], out: Path) -> dict[str, dict]:
     from lwm.modeling import load_model
-    from lwm.tokenizer import encode_prompt, load_tokenizer
+    from lwm.tokenizer import fit_prompt, load_tokenizer
     path = out / "predictions.jsonl"
     done = read_done(path)
     todo = [s for s in samples if s.id not in done]
@@ -63,7 +63,9 @@ def predict_local(cfg, checkpoint: Path, samples: list[Sample], out: Path) -> di
         with open(path, "a", encoding="utf-8") as f:
             for i in range(0, len(todo), cfg.eval.batch_size):
                 batch = todo[i:i + cfg.eval.batch_size]
-                prompts = [encode_prompt(tok, s.messages) for s in batch]
+                # Long prompts lose their oldest history turns so prompt + answer fit the model.
+                limit = model.config.max_position_embeddings - cfg.eval.max_new_tokens
+                prompts = [fit_prompt(tok, s.messages, limit)[0] for s in batch]
                 texts = generate(model, tok, prompts, cfg.eval.max_new_tokens, cfg.eval.temperature)
                 for s, text in zip(batch, texts):
                     done[s.id] = _row(s, text)

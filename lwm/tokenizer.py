@@ -112,3 +112,30 @@ def encode_prompt(tok, messages: list[dict]) -> list[int]:
     """Prompt ids ending with the assistant header, as generation sees them."""
     return tok.apply_chat_template(messages, tokenize=True, add_generation_prompt=True,
                                    return_dict=False)
+
+
+def drop_oldest_turn(messages: list[dict], tail: int) -> list[dict] | None:
+    """The conversation without its oldest history turn (a user/assistant pair after the
+    system prompt), or None when none is left. `tail` messages at the end are never dropped
+    (the current action, and the target when there is one). Turn 1, which carries the initial
+    state, goes last."""
+    history = messages[1:len(messages) - tail]
+    if len(history) < 2:
+        return None
+    start = 3 if len(history) >= 4 and "**Current State:**" in history[0]["content"] else 1
+    return messages[:start] + messages[start + 2:]
+
+
+def fit_prompt(tok, messages: list[dict], max_tokens: int) -> tuple[list[int], int]:
+    """Prompt ids within max_tokens, dropping the oldest history turns first; returns the ids
+    and how many turns went. A prompt that cannot fit keeps its system prompt and current turn,
+    cut from the left."""
+    dropped = 0
+    while True:
+        ids = encode_prompt(tok, messages)
+        if len(ids) <= max_tokens:
+            return ids, dropped
+        shorter = drop_oldest_turn(messages, tail=1)
+        if shorter is None:
+            return ids[-max_tokens:], dropped
+        messages, dropped = shorter, dropped + 1

@@ -25,7 +25,7 @@ from trl import SFTConfig, SFTTrainer
 from lwm.domains import extract_observation
 from lwm.modeling import load_model
 from lwm.render import target
-from lwm.tokenizer import encode_chat, load_tokenizer
+from lwm.tokenizer import drop_oldest_turn, encode_chat, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
 from sft.teacher import reasoning_targets
 
@@ -43,12 +43,9 @@ def fit_to_length(tok, messages: list[dict], max_length: int, train_history: boo
         ids, labels = encode_chat(tok, msgs, train_history)
         if len(ids) <= max_length:
             return ids, labels, dropped
-        history = msgs[1:-2]  # (user, assistant) pairs between the system prompt and turn t
-        if len(history) < 2:
+        msgs = drop_oldest_turn(msgs, tail=2)  # keep turn t's action and the target
+        if msgs is None:
             return None
-        keeps_state = len(history) >= 4 and "**Current State:**" in history[0]["content"]
-        start = 3 if keeps_state else 1
-        del msgs[start:start + 2]
         dropped += 1
 
 

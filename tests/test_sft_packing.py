@@ -52,3 +52,17 @@ def test_truncation_drops_oldest_history_first(run_copy):
     if "**Current State:**" in messages[1]["content"] and len(messages) >= 8:
         assert messages[1]["content"] in text  # the initial state survives
     assert fit_to_length(tok, messages, 10, False) is None
+
+
+def test_eval_prompts_fit_the_model_by_dropping_old_turns(run_copy):
+    from lwm.tokenizer import encode_prompt, fit_prompt
+    tok = load_tokenizer(run_copy / "prepare" / "tokenizer")
+    rows = datasets.Dataset.from_parquet(RunPaths(run_copy).shards("sft"))
+    prompt = max(rows, key=lambda r: len(r["prompt"]))["prompt"]
+    full = encode_prompt(tok, prompt)
+    ids, dropped = fit_prompt(tok, prompt, len(full) - 1)
+    assert dropped >= 1 and len(ids) < len(full)
+    assert tok.decode(ids).endswith(prompt[-1]["content"] + "<|im_end|>\n<|im_start|>assistant\n")
+    assert fit_prompt(tok, prompt, len(full)) == (full, 0)
+    ids, _ = fit_prompt(tok, prompt, 8)
+    assert len(ids) == 8  # cannot fit even alone: cut from the left, generation header kept
