@@ -147,6 +147,11 @@ def main() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    # DeepSpeed's background threads sometimes abort in interpreter teardown ("terminate called
+    # without an active exception") after all work is done and written: skip the teardown.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
