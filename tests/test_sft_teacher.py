@@ -151,3 +151,20 @@ def test_teacher_outage_falls_back_to_observation_only(run_copy):
     targets, stats = reasoning_targets(cfg.sft.teacher, sft_rows(run_copy), run_copy / "t", cfg.seed)
     assert targets == {} and stats["teacher_failed"] == 3 and stats["acceptance_rate"] == 0.0
     assert not (run_copy / "t" / "candidates.jsonl").read_text()  # failures are asked again later
+
+
+def test_local_checkpoint_teacher_samples_and_caches(run_copy, tmp_path):
+    import datasets
+    from sft.teacher import reasoning_targets
+    from tests.test_serve import save_tiny_checkpoint
+    from lwm.tracking import RunPaths
+    ckpt = save_tiny_checkpoint(run_copy, tmp_path / "teacher")
+    cfg = make_cfg(run_copy, f"sft.teacher.path={ckpt}", "sft.teacher.samples=2",
+                   "sft.teacher.max_queries=2", "sft.teacher.max_tokens=12", "sft.teacher.threshold=0.0")
+    rows = list(datasets.Dataset.from_parquet(RunPaths(run_copy).shards("sft")))
+    targets, stats = reasoning_targets(cfg.sft.teacher, rows, tmp_path / "cache", 0, cfg.model)
+    assert stats["teacher"] == f"local|{ckpt}" and stats["asked"] == 2 and stats["teacher_failed"] == 0
+    cached = [json.loads(l) for l in (tmp_path / "cache" / "candidates.jsonl").read_text().splitlines()]
+    assert len(cached) == 2 and all(len(c["candidates"]) == 2 for c in cached)
+    again, stats2 = reasoning_targets(cfg.sft.teacher, rows, tmp_path / "cache", 0, cfg.model)
+    assert stats2["asked"] == 0 and stats2["cached"] == 2 and again == targets
