@@ -37,11 +37,16 @@ def make_corpus(seed_file: Path, out: Path, n: int, shards: int) -> int:
     for i in range(n):
         rng = random.Random(i)
         rec = seeds[i % len(seeds)]
-        swap = {w: rng.choice(vocab) for w in rng.sample(vocab, min(12, len(vocab)))}
+        swap: dict[str, str] = {}  # half of a record's words are re-drawn, consistently
+
+        def word(w: str) -> str:
+            if w not in swap:
+                swap[w] = rng.choice(vocab) if rng.random() < 0.5 else w
+            return swap[w]
 
         def redraw(text: str) -> str:
             return _TOKEN.sub(lambda m: str(rng.randint(0, 10 ** len(m.group())))
-                              if m.group().isdigit() else swap.get(m.group(), m.group()), text)
+                              if m.group().isdigit() else word(m.group()), text)
         new = {**rec, "id": f"bench-{i:08d}", "task": redraw(rec["task"]),
                "initial_observation": redraw(rec["initial_observation"]),
                "steps": [{"action": s["action"], "observation": redraw(s["observation"])}

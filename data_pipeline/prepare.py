@@ -70,6 +70,11 @@ def is_heldout(traj_id: str, fraction: float, seed: int) -> bool:
     return int.from_bytes(digest[:8], "big") / 2**64 < fraction
 
 
+def _in_stats_sample(traj_id: str, turn: int, every: int = 16) -> bool:
+    """A fixed 1-in-`every` sample of SFT rows whose token lengths the manifest reports."""
+    return int(hashlib.blake2b(f"{traj_id}:{turn}".encode(), digest_size=4).hexdigest(), 16) % every == 0
+
+
 def _rng(seed: int, key: str) -> random.Random:
     """Per-record randomness: the same record gets the same draws in any task layout."""
     return random.Random(f"{seed}:{key}")
@@ -191,9 +196,11 @@ class RenderShards(PipelineStep):
                     sft.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
                                 "copy": copy, "prompt_variant": variant, "prompt": prompt,
                                 "completion": [answer]})
-                    stats["prompt_tokens"].append(len(tok.apply_chat_template(prompt, tokenize=True,
-                                                                             return_dict=False)))
-                    stats["target_tokens"].append(len(tok.encode(answer["content"], add_special_tokens=False)))
+                    if _in_stats_sample(traj.id, t):  # templating every sample would dominate
+                        stats["prompt_tokens"].append(len(tok.apply_chat_template(
+                            prompt, tokenize=True, return_dict=False)))
+                        stats["target_tokens"].append(len(tok.encode(answer["content"],
+                                                                     add_special_tokens=False)))
                 # RL takes one turn per trajectory (multi-turn expansion destabilised RL in the recipe).
                 t = rng.choice(turns)
                 prompt, _ = render.turn_messages(domain, traj, t, self.data["max_history"])
@@ -213,7 +220,7 @@ class RenderShards(PipelineStep):
             **{k: (dict(v) if isinstance(v, Counter) else v) for k, v in stats.items()},
             "turn_types": {k: dict(v) for k, v in stats["turn_types"].items()},
             "cpt": cpt, "sft": len(sft), "rl": len(rl),
-            "prompt_tokens_sum": sum(p), "prompt_tokens_max": max(p, default=0),
+            "stats_sample": len(p), "prompt_tokens_sum": sum(p), "prompt_tokens_max": max(p, default=0),
             "target_tokens_sum": sum(t), "target_tokens_max": max(t, default=0)})
 
 
@@ -313,6 +320,7 @@ def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_sourc
                           "real_token_fraction": real / max(tokens, 1),
                           "turn_types": _add([r["turn_types"][split] for r in rendered])}
     n_sft = sum(r["sft"] for r in rendered)
+    n_stats = sum(r["stats_sample"] for r in rendered)
     eval_counts = {p.name[:-len("_test.jsonl")]: sum(1 for _ in open(p)) for p in sorted((out / "eval").glob("*_test.jsonl"))}
     manifest = {
         "fingerprint": fingerprint, "inputs": [str(p) for p in inputs],
@@ -329,10 +337,10 @@ def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_sourc
                     "train_copies": _add([r["copies"] for r in rendered])},
         "tokenizer": {"source": tokenizer_source, "vocab_size": len(tok)},
         "cpt": cpt,
-        "sft": {"samples": n_sft,
-                "prompt_tokens_mean": sum(r["prompt_tokens_sum"] for r in rendered) / max(n_sft, 1),
+        "sft": {"samples": n_sft, "token_stats_over": n_stats,
+                "prompt_tokens_mean": sum(r["prompt_tokens_sum"] for r in rendered) / max(n_stats, 1),
                 "prompt_tokens_max": max((r["prompt_tokens_max"] for r in rendered), default=0),
-                "target_tokens_mean": sum(r["target_tokens_sum"] for r in rendered) / max(n_sft, 1),
+                "target_tokens_mean": sum(r["target_tokens_sum"] for r in rendered) / max(n_stats, 1),
                 "target_tokens_max": max((r["target_tokens_max"] for r in rendered), default=0)},
         "rl": {"prompts": sum(r["rl"] for r in rendered)},
         "eval": eval_counts,
