@@ -85,7 +85,7 @@ def heldout_loss(model, shards: PackedShards | None, pad_id: int, batch_size: in
     return float(np.mean(losses))
 
 
-def initial_model(cfg: DictConfig, tok, paths: RunPaths):
+def initial_model(cfg: DictConfig, tok, paths: RunPaths, save: bool = True):
     """The CPT starting point: cpt.init, else model.path, else a fresh model from config.
     A fresh model is saved as the run's 'init' stage so eval can score the untrained model."""
     if cfg.cpt.init or cfg.model.path:
@@ -93,7 +93,7 @@ def initial_model(cfg: DictConfig, tok, paths: RunPaths):
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.model, len(tok), tok)
     init_dir = paths.model("init")
-    if not (init_dir / "model.safetensors").exists():
+    if save and not (init_dir / "model.safetensors").exists():
         model.save_pretrained(init_dir, safe_serialization=True)
         tok.save_pretrained(init_dir)
     return model
@@ -104,7 +104,15 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         from pretrain.backends import train_fn
         return train_fn(cfg.backend.name)(cfg, paths)
     from launch import preempt
+    from pretrain.backends import dist as pdist
+    from pretrain.backends.hf_parallel import wrap
     preempt.install()
+    # Under torchrun: one data-parallel rank per process (DDP); rank 0 writes everything.
+    rank, world = pdist.init()
+    if world > 1 and cfg.backend.strategy != "ddp":
+        raise ValueError(f"backend.strategy={cfg.backend.strategy}: the hf CPT loop shards data "
+                         "with ddp; use backend=deepspeed for sharded optimizer states")
+    main = pdist.is_main()
     tcfg, out = cfg.cpt, paths.stage("cpt")
     prepared = paths.prepared
     tok = load_tokenizer(cfg.data.tokenizer or prepared / "tokenizer")
@@ -119,8 +127,10 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     ckpt_dir, step = out / "checkpoints", 0
     resume_from = checkpoint.resolve_resume(tcfg.resume, ckpt_dir)
     model = (load_model(resume_from, cfg.model, cfg.backend.dtype) if resume_from
-             else initial_model(cfg, tok, paths))
+             else initial_model(cfg, tok, paths, save=main))
     model.train()
+    raw = model                      # what is saved: the unwrapped model
+    model = wrap(model, cfg.backend.strategy)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                             betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, tcfg))
@@ -128,18 +138,19 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         step = checkpoint.restore(resume_from, opt, sched)["step"]
         log.info("cpt: resumed from %s (step %d)", resume_from, step)
 
-    tracker = Tracker(cfg, "cpt", out)
-    first_loss = heldout_loss(model, val, tok.pad_token_id, tcfg.batch_size)
+    tracker = Tracker(cfg, "cpt", out) if main else None
+    first_loss = heldout_loss(raw, val, tok.pad_token_id, tcfg.batch_size)
     tokens, t0, losses = 0, time.time(), []
-    bar = tqdm(total=tcfg.max_steps, initial=step, desc="cpt", unit="step")
+    bar = tqdm(total=tcfg.max_steps, initial=step, desc="cpt", unit="step", disable=not main)
     while step < tcfg.max_steps:
         loss_sum = 0.0
         for micro in range(tcfg.grad_accum):
-            ids, mask = shards.batch(step * tcfg.grad_accum + micro, tcfg.batch_size)
+            ids, mask = pdist.rank_batch(shards, step, micro, tcfg.grad_accum, rank, world,
+                                         tcfg.batch_size)
             loss = lm_loss(model, ids, mask, tok.pad_token_id) / tcfg.grad_accum
             loss.backward()
             loss_sum += loss.item()
-            tokens += ids.numel()
+            tokens += ids.numel() * world
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
         opt.step()
         sched.step()
@@ -148,24 +159,31 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         losses.append(loss_sum)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_sum:.3f}")
-        if step % tcfg.log_every == 0 or step == tcfg.max_steps:
+        if main and (step % tcfg.log_every == 0 or step == tcfg.max_steps):
             tracker.log({"loss": loss_sum, "lr": sched.get_last_lr()[0], "grad_norm": float(grad_norm),
                          "tokens_per_s": tokens / (time.time() - t0)}, step=step)
-        if step % tcfg.save_every == 0 and step < tcfg.max_steps:
-            checkpoint.save(ckpt_dir, step, model, tok, opt, sched, {"loss": loss_sum})
-        if preempt.requested() and step < tcfg.max_steps:
-            # Slurm is about to stop the job: save, and let the requeued job resume from here.
-            checkpoint.save(ckpt_dir, step, model, tok, opt, sched, {"loss": loss_sum})
+        preempted = preempt.requested() and step < tcfg.max_steps
+        if (step % tcfg.save_every == 0 and step < tcfg.max_steps) or preempted:
+            # DDP keeps full replicas of the optimizer state: rank 0's checkpoint is the job's.
+            if main:
+                checkpoint.save(ckpt_dir, step, raw, tok, opt, sched, {"loss": loss_sum, "dp_size": world})
+            pdist.barrier()
+        if preempted:
+            # Slurm is about to stop the job: the requeued job resumes from this checkpoint.
             log.info("cpt: preempted at step %d, checkpoint saved", step)
             bar.close()
             return {"steps": step, "preempted": True}
     bar.close()
 
-    last_loss = heldout_loss(model, val, tok.pad_token_id, tcfg.batch_size)
-    model.save_pretrained(final, safe_serialization=True)
+    last_loss = heldout_loss(raw, val, tok.pad_token_id, tcfg.batch_size)
+    if not main:
+        pdist.barrier()
+        return {"steps": step, "rank": rank}
+    raw.save_pretrained(final, safe_serialization=True)
     tok.save_pretrained(final)
     (final / "complete").touch()
-    return tracker.finish({
+    pdist.barrier()
+    return tracker.finish({"data_parallel": world,
         "steps": step, "resumed_from": str(resume_from) if resume_from else None,
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": float(np.mean(losses[-5:])) if losses else None,
