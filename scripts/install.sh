@@ -13,15 +13,20 @@ cd "$(dirname "$0")/.."
 SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
 CACHE="${LWM_CACHE:-$HOME/.cache/lwm}"
 
-APT_PACKAGES=(tmux bubblewrap git util-linux man-db python3-doc python3-venv python3-pytest
-  chromium xvfb dbus dbus-x11 at-spi2-core python3-pyatspi python3-tk python3-xlib mousepad)
-command -v node >/dev/null && command -v npm >/dev/null || APT_PACKAGES+=(nodejs npm)
-missing=()
-for p in "${APT_PACKAGES[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
-if [ ${#missing[@]} -gt 0 ]; then
-  echo "install: apt ${missing[*]}"
+# Two groups, installed as the environments were built and measured: the desktop stack without
+# recommended packages, chromium and the docs with them (their fonts set the GUI layouts).
+APT_BARE=(tmux bubblewrap git util-linux man-db python3-venv xvfb dbus dbus-x11 at-spi2-core
+  python3-pyatspi python3-tk python3-xlib mousepad xauth x11-utils xdotool)
+APT_FULL=(chromium python3-doc python3-pytest)
+command -v node >/dev/null && command -v npm >/dev/null || APT_FULL+=(nodejs npm)
+missing() { for p in "$@"; do dpkg -s "$p" >/dev/null 2>&1 || echo "$p"; done; }
+bare=($(missing "${APT_BARE[@]}")); full=($(missing "${APT_FULL[@]}"))
+if [ ${#bare[@]} -gt 0 ] || [ ${#full[@]} -gt 0 ]; then
+  echo "install: apt ${bare[*]} ${full[*]}"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  APT="$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq"
+  [ ${#bare[@]} -eq 0 ] || $APT --no-install-recommends "${bare[@]}" >/dev/null
+  [ ${#full[@]} -eq 0 ] || $APT "${full[@]}" >/dev/null
 fi
 
 python3 -m pip install -q torch==2.13.0
