@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 
 import torch
 import torch.distributed as dist
@@ -15,8 +16,15 @@ def init(always: bool = False) -> tuple[int, int]:
     if "WORLD_SIZE" not in os.environ:
         if not always:
             return 0, 1
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(29400 + os.getpid() % 1000))
+        if not dist.is_initialized():
+            # A private one-rank group on a free port; no RANK/WORLD_SIZE/MASTER_* in the
+            # environment, so nothing this process starts later believes it is part of a job.
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed asks for it; harmless without WORLD_SIZE
+        return 0, 1
     if not dist.is_initialized():
         if torch.cuda.is_available():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
