@@ -29,6 +29,20 @@ def make_cfg(run_dir: Path, *overrides: str):
         return compose("config", overrides=[f"run_dir={run_dir}", *TINY, *overrides])
 
 
+def collect_cfg(domain: str, n: int, **overrides):
+    """A structured config for calling `collect()` directly: one domain, n episodes, in-process."""
+    from omegaconf import OmegaConf
+    from lwm.config import LWMConfig
+    cfg = OmegaConf.structured(LWMConfig)
+    cfg.wandb.mode = "disabled"
+    cfg.data.domains = [domain]
+    cfg.collect.workers = 1
+    cfg.collect.num_trajectories = n
+    for key, value in overrides.items():
+        OmegaConf.update(cfg, key, value)
+    return cfg
+
+
 @pytest.fixture(scope="session")
 def prepared_run(tmp_path_factory):
     """A run directory with `prepare` done on the recorded terminal trajectories."""

@@ -10,26 +10,20 @@ from __future__ import annotations
 import json
 
 import pytest
-from omegaconf import OmegaConf
+
+from tests.conftest import collect_cfg
 
 from data_pipeline.collect.base import ActionError
 from data_pipeline.collect.mcp import ERROR_LINE, McpCollector, McpEnv
 from data_pipeline.collect.mcp_tasks import TASKS, make_task
 from data_pipeline.collect.runner import collect
 from data_pipeline.sandbox import SandboxError
-from lwm.config import CollectConfig, LWMConfig
+from lwm.config import CollectConfig
 from lwm.schema import load_trajectories, validate
 
 
-def make_cfg(n: int, **extra) -> OmegaConf:
-    cfg = OmegaConf.structured(LWMConfig)
-    cfg.wandb.mode = "disabled"
-    cfg.data.domains = ["mcp"]
-    cfg.collect.workers = 1
-    cfg.collect.num_trajectories = n
-    for key, value in extra.items():
-        OmegaConf.update(cfg, key, value)
-    return cfg
+def make_cfg(n: int, **extra):
+    return collect_cfg("mcp", n, **extra)
 
 
 @pytest.fixture(scope="module")

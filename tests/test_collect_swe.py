@@ -8,25 +8,21 @@ from __future__ import annotations
 import json
 
 import pytest
-from omegaconf import OmegaConf
+
+from tests.conftest import collect_cfg
 
 from data_pipeline.collect.base import ActionError
 from data_pipeline.collect.runner import collect
 from data_pipeline.collect.swe import SweCollector, SweEnv, extract_tool_call, parse_call
 from data_pipeline.collect.swe_tasks import TASKS, make_task
-from lwm.config import CollectConfig, LWMConfig
+from lwm.config import CollectConfig
 from lwm.schema import load_trajectories, validate
 
 SDISTS = CollectConfig().swe.sdist_dir
 
 
-def make_cfg(n: int) -> OmegaConf:
-    cfg = OmegaConf.structured(LWMConfig)
-    cfg.wandb.mode = "disabled"
-    cfg.data.domains = ["swe"]
-    cfg.collect.workers = 1
-    cfg.collect.num_trajectories = n
-    return cfg
+def make_cfg(n: int):
+    return collect_cfg("swe", n)
 
 
 @pytest.fixture(scope="module")
