@@ -105,13 +105,15 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         return train_fn(cfg.backend.name)(cfg, paths)
     from launch import preempt
     from pretrain.backends import dist as pdist
-    from pretrain.backends.hf_parallel import wrap
+    from pretrain.backends.hf_parallel import clip_grad_norm, full_state_dict, wrap
     preempt.install()
-    # Under torchrun: one data-parallel rank per process (DDP); rank 0 writes everything.
+    # Under torchrun: one data-parallel rank per process. DDP: full replicas, rank 0 writes
+    # everything. FSDP2: sharded weights and optimizer, every rank writes its shards.
     rank, world = pdist.init()
-    if world > 1 and cfg.backend.strategy != "ddp":
-        raise ValueError(f"backend.strategy={cfg.backend.strategy}: the hf CPT loop shards data "
-                         "with ddp; use backend=deepspeed for sharded optimizer states")
+    if cfg.backend.strategy not in ("ddp", "fsdp"):
+        raise ValueError(f"backend.strategy={cfg.backend.strategy}: the hf CPT loop runs ddp | fsdp")
+    strategy = cfg.backend.strategy if world > 1 else "none"  # what ran: recorded in checkpoints
+    sharded = strategy == "fsdp"
     main = pdist.is_main()
     tcfg, out = cfg.cpt, paths.stage("cpt")
     prepared = paths.prepared
@@ -126,17 +128,24 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
 
     ckpt_dir, step = out / "checkpoints", 0
     resume_from = checkpoint.resolve_resume(tcfg.resume, ckpt_dir)
-    model = (load_model(resume_from, cfg.model, cfg.backend.dtype) if resume_from
-             else initial_model(cfg, tok, paths, save=main))
+    if resume_from is None:
+        model = initial_model(cfg, tok, paths, save=main)
+    elif checkpoint.is_sharded(resume_from):
+        # weights arrive in restore(), once the model is sharded the way this run shards it
+        model = checkpoint.model_skeleton(resume_from, cfg.model, cfg.backend.dtype)
+    else:
+        model = load_model(resume_from, cfg.model, cfg.backend.dtype)
     model.train()
-    raw = model                      # what is saved: the unwrapped model
-    model = wrap(model, cfg.backend.strategy)
+    raw = model                      # unwrapped (FSDP2 shards in place: then it is the same module)
+    model = wrap(model, strategy)
     opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, weight_decay=tcfg.weight_decay,
                             betas=(0.9, 0.95))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_at(s, tcfg))
     if resume_from is not None:
-        step = checkpoint.restore(resume_from, opt, sched)["step"]
-        log.info("cpt: resumed from %s (step %d)", resume_from, step)
+        saved = checkpoint.restore(resume_from, opt, sched, model=raw)
+        step = saved["step"]
+        log.info("cpt: resumed from %s (step %d, written by %s x%s)", resume_from, step,
+                 saved.get("strategy", "?"), saved.get("dp_size", "?"))
 
     tracker = Tracker(cfg, "cpt", out) if main else None
     first_loss = heldout_loss(raw, val, tok.pad_token_id, tcfg.batch_size)
@@ -151,7 +160,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
             loss.backward()
             loss_sum += loss.item()
             tokens += ids.numel() * world
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+        grad_norm = clip_grad_norm(model, tcfg.max_grad_norm)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
@@ -164,10 +173,14 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
                          "tokens_per_s": tokens / (time.time() - t0)}, step=step)
         preempted = preempt.requested() and step < tcfg.max_steps
         if (step % tcfg.save_every == 0 and step < tcfg.max_steps) or preempted:
-            # DDP keeps full replicas of the optimizer state: rank 0's checkpoint is the job's.
-            if main:
-                checkpoint.save(ckpt_dir, step, raw, tok, opt, sched, {"loss": loss_sum, "dp_size": world})
-            pdist.barrier()
+            extra = {"loss": loss_sum, "dp_size": world, "strategy": strategy}
+            if sharded:
+                checkpoint.save_sharded(ckpt_dir, step, raw, tok, opt, sched, extra)
+            else:
+                # DDP keeps full replicas of the optimizer state: rank 0's checkpoint is the job's.
+                if main:
+                    checkpoint.save(ckpt_dir, step, raw, tok, opt, sched, extra)
+                pdist.barrier()
         if preempted:
             # Slurm is about to stop the job: the requeued job resumes from this checkpoint.
             log.info("cpt: preempted at step %d, checkpoint saved", step)
@@ -176,14 +189,15 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     bar.close()
 
     last_loss = heldout_loss(raw, val, tok.pad_token_id, tcfg.batch_size)
+    weights = full_state_dict(raw)   # collective under FSDP2; None: raw saves its own weights
     if not main:
         pdist.barrier()
         return {"steps": step, "rank": rank}
-    raw.save_pretrained(final, safe_serialization=True)
+    raw.save_pretrained(final, state_dict=weights, safe_serialization=True)
     tok.save_pretrained(final)
     (final / "complete").touch()
     pdist.barrier()
-    return tracker.finish({"data_parallel": world,
+    return tracker.finish({"data_parallel": world, "strategy": strategy,
         "steps": step, "resumed_from": str(resume_from) if resume_from else None,
         "train_loss_first": losses[0] if losses else None,
         "train_loss_last": float(np.mean(losses[-5:])) if losses else None,

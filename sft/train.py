@@ -15,6 +15,7 @@ rendered, and handed to TRL pre-tokenized so the loss mask is ours, not re-deriv
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import datasets
@@ -101,6 +102,49 @@ def trainer_args(cfg: DictConfig, tcfg, out: Path, **extra) -> dict:
         **extra)
 
 
+def backend_args(cfg: DictConfig, tcfg, world: int) -> dict:
+    """The TrainingArguments that pick the SFT backend: hf (the Trainer's DDP under torchrun) or
+    DeepSpeed with a config generated from ours."""
+    b = cfg.backend
+    if b.name == "megatron":
+        raise NotImplementedError("backend=megatron is not implemented for `lwm sft` yet: use "
+                                  "backend=deepspeed (ZeRO 0-3) or backend=hf for SFT")
+    if b.name == "hf":
+        if b.strategy != "ddp":
+            # The Trainer's FSDP on CPU silently falls back to DDP (STACK.md): refuse it by name.
+            raise NotImplementedError(f"sft with backend=hf trains DDP only, not backend.strategy="
+                                      f"{b.strategy}; shard with backend=deepspeed backend.deepspeed.zero_stage=3")
+        return {}
+    d = b.deepspeed
+    if d.zero_stage == 3 and not d.stage3_gather_16bit_weights_on_model_save:
+        # Without the gather, Trainer.save_model writes a placeholder model and only warns.
+        raise ValueError("sft with backend.deepspeed.zero_stage=3 needs "
+                         "backend.deepspeed.stage3_gather_16bit_weights_on_model_save=true")
+    if d.ep_size > 1:
+        raise NotImplementedError("backend.deepspeed.ep_size > 1 needs DeepSpeed-MoE layers; "
+                                  "the HF MoE blocks train with ep_size 1")
+    from pretrain.backends import dist as pdist
+    from pretrain.backends.deepspeed import ds_config
+    # The optimizer and schedule stay the Trainer's (the AdamW and warmup+cosine of backend=hf),
+    # so switching backend changes the parallelism, not the optimisation. A DeepSpeed "optimizer"
+    # section would replace them, and the Trainer refuses one whose betas differ from its own.
+    ds = ds_config(b, tcfg, world, client_optimizer=True)
+    # DeepSpeed needs a process group even for one rank; without torchrun it would look for MPI.
+    pdist.init(always=True)
+    return {"deepspeed": ds, "gradient_checkpointing": d.activation_checkpointing}
+
+
+def check_world(trainer, world: int, backend: str) -> None:
+    """The Trainer can silently run as world 1 while torchrun started several ranks (each then
+    trains its own replica): refuse that."""
+    got = trainer.args.world_size
+    if got != world:
+        raise RuntimeError(f"sft: the Trainer sees world size {got}, torchrun started WORLD_SIZE={world}; "
+                           "the ranks would train unsynchronised replicas")
+    if backend == "deepspeed" and not trainer.is_deepspeed_enabled:
+        raise RuntimeError("sft: backend=deepspeed but the Trainer did not enable DeepSpeed")
+
+
 def _cuda() -> bool:
     import torch
     return torch.cuda.is_available()
@@ -116,14 +160,18 @@ def resume_arg(resume: str, ckpt_dir: Path) -> str | bool | None:
 
 
 def save_final(trainer, tok, final: Path) -> None:
+    """Every rank calls this (ZeRO-3 gathers the weights collectively); rank 0 writes."""
     trainer.model.config.output_router_logits = False
     trainer.save_model(str(final))
-    tok.save_pretrained(final)
-    (final / "complete").touch()
+    if trainer.is_world_process_zero():
+        tok.save_pretrained(final)
+        (final / "complete").touch()
 
 
 def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tcfg, out = cfg.sft, paths.stage("sft")
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    backend = backend_args(cfg, tcfg, world)  # fails on an unsupported backend before any work
     final = paths.model("sft")
     if (final / "complete").exists() and tcfg.resume != "never":
         log.info("sft: %s is already trained", final)
@@ -144,18 +192,23 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
                                        tcfg.train_history_observations, reasoning)
     if teacher_stats is not None:
         stats["teacher"] = teacher_stats
-    tracker = Tracker(cfg, "sft", out)
+    tracker = Tracker(cfg, "sft", out) if int(os.environ.get("RANK", 0)) == 0 else None
     # Packing is padding-free (position ids restart per sample), so neither attention nor the
     # loss crosses sample boundaries; tests/test_sft_packing.py checks the loss is unchanged.
     args = SFTConfig(**trainer_args(cfg, tcfg, out, max_length=tcfg.max_length,
                                     packing=tcfg.packing, packing_strategy="bfd",
-                                    padding_free=tcfg.packing, completion_only_loss=None))
+                                    padding_free=tcfg.packing, completion_only_loss=None,
+                                    **backend))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    check_world(trainer, world, cfg.backend.name)
     result = trainer.train(resume_from_checkpoint=resume_arg(tcfg.resume, out / "checkpoints"))
     save_final(trainer, tok, final)
+    if tracker is None:
+        return {}
     history = [h for h in trainer.state.log_history if "loss" in h]
     return tracker.finish({
         **stats, "init": str(init), "steps": trainer.state.global_step,
+        "backend": cfg.backend.name, "data_parallel": trainer.args.world_size,
         "train_loss_first": history[0]["loss"] if history else None,
         "train_loss_last": history[-1]["loss"] if history else None,
         "train_runtime_s": result.metrics.get("train_runtime"), "checkpoint": str(final)})

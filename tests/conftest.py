@@ -59,3 +59,26 @@ def run_copy(prepared_run, tmp_path):
     dst = tmp_path / "run"
     shutil.copytree(prepared_run, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def sft_init(prepared_run, tmp_path_factory):
+    """A fresh tiny model (seed 0) with the prepared run's tokenizer, saved where `sft.init` can
+    point, so SFT tests need no CPT run."""
+    import torch
+    from lwm.modeling import build_model
+    from lwm.tokenizer import load_tokenizer
+    tok = load_tokenizer(prepared_run / "prepare" / "tokenizer")
+    torch.manual_seed(0)
+    init = tmp_path_factory.mktemp("sft_init")
+    build_model(make_cfg(prepared_run).model, len(tok), tok).save_pretrained(init, safe_serialization=True)
+    tok.save_pretrained(init)
+    return init
+
+
+def free_port() -> int:
+    """A port for torchrun's rendezvous that no other test is using right now."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -18,9 +18,10 @@ log = logging.getLogger("lwm.cpt.deepspeed")
 _OFFLOAD_DEVICES = ("none", "cpu", "nvme")
 
 
-def ds_config(bcfg, tcfg, world_size: int) -> dict:
+def ds_config(bcfg, tcfg, world_size: int, client_optimizer: bool = False) -> dict:
     """DeepSpeed's config dict for `world_size` ranks. With ep_size > 1 DeepSpeed still counts the
-    data-parallel size as the whole world for the batch arithmetic."""
+    data-parallel size as the whole world for the batch arithmetic. `client_optimizer`: the caller
+    hands DeepSpeed a torch optimizer (the HF Trainer does), so the config has no "optimizer"."""
     d = bcfg.deepspeed
     if d.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"backend.deepspeed.zero_stage = {d.zero_stage}: expected 0, 1, 2 or 3")
@@ -63,7 +64,9 @@ def ds_config(bcfg, tcfg, world_size: int) -> dict:
         "steps_per_print": 10 ** 9,  # we log ourselves
         "wall_clock_breakdown": d.wall_clock_breakdown,
     }
-    if d.torch_adam and d.offload_optimizer != "none":
+    if client_optimizer:
+        del cfg["optimizer"]
+    if (d.torch_adam or client_optimizer) and d.offload_optimizer != "none":
         cfg["zero_force_ds_cpu_optimizer"] = False
     if d.activation_checkpointing:
         cfg["activation_checkpointing"] = {"partition_activations": d.zero_stage == 3,

@@ -31,3 +31,23 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
     """Gradient clipping that also works on FSDP2's DTensor gradients (the norm is global)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+
+def full_state_dict(model: torch.nn.Module) -> dict | None:
+    """Collective under FSDP2: the full weights, gathered to rank 0's CPU (other ranks get {});
+    None when the parameters are not sharded, so the module saves itself as it is."""
+    from torch.distributed.tensor import DTensor
+    if not any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    # Gathering copies tied weights (embeddings / lm_head) apart; sharing storage again lets
+    # save_pretrained drop the tied copy exactly as it does for an unsharded model.
+    first = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        if name in full:
+            full[name] = full[first.setdefault(param, name)]
+    return full
