@@ -82,18 +82,27 @@ def datasets_map_baseline(tokenizer: str, texts: list[str]) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trajectories", type=int, default=1_000_000)
-    ap.add_argument("--seed-file", type=Path, required=True)
+    ap.add_argument("--seed-file", type=Path, help="collected trajectories to draw the corpus from")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_prepare"))
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     ap.add_argument("--sample", type=int, default=20000, help="texts for the tokenizer ceiling/baseline")
+    ap.add_argument("--ceiling-only", action="store_true",
+                    help="skip corpus and prepare: measure the ceiling and baseline on --work's finished run")
     a = ap.parse_args()
+    if not a.ceiling_only and a.seed_file is None:
+        ap.error("--seed-file is required (unless --ceiling-only)")
+    run = a.work / "run"
+    if not a.ceiling_only:
+        run_prepare(a, run)
+    ceiling_and_baseline(run, a.sample)
 
+
+def run_prepare(a, run: Path) -> None:
     corpus = a.work / "corpus"
     t = time.perf_counter()
     size = make_corpus(a.seed_file, corpus, a.trajectories, shards=max(a.workers * 4, 1))
     print(f"corpus: {a.trajectories} trajectories, {size / 2**20:.0f} MiB, made in {time.perf_counter() - t:.0f} s")
 
-    run = a.work / "run"
     parts = sorted(corpus.glob("*.jsonl"))
     cmd = [sys.executable, "-m", "lwm.cli", "prepare", f"hydra.run.dir={run}", "wandb.mode=disabled",
            f"prepare.input={parts[0]}", f"data.trajectories=[{','.join(map(str, parts[1:]))}]",
@@ -109,10 +118,13 @@ def main() -> None:
           f"peak RSS of one process {peak_kib / 2**10:.0f} MiB")
     print(f"packed CPT shards: real-token fraction {manifest['cpt']['train']['real_token_fraction']:.4f}")
 
+
+def ceiling_and_baseline(run: Path, sample: int) -> None:
     from lwm import render
     from lwm.domains import get_domain
     from lwm.schema import Trajectory
-    lines = (run / "prepare" / "train.jsonl").read_text().splitlines()[:a.sample]
+    with open(run / "prepare" / "train.jsonl", encoding="utf-8") as f:
+        lines = [line for _, line in zip(range(sample), f)]
     texts = [render.cpt_document(get_domain(r.domain), r)
              for r in (Trajectory.from_dict(json.loads(l)) for l in lines)]
     tok_dir = str(run / "prepare" / "tokenizer")

@@ -161,7 +161,8 @@ class RenderShards(PipelineStep):
             (out / sub).mkdir(parents=True, exist_ok=True)
         packers = {s: ShardPacker(out / "cpt" / f"{s}.{rank:05d}", self.data["seq_len"], tok.pad_token_id)
                    for s in ("train", "heldout")}
-        sft, rl, evals = [], [], {}
+        sft, rl = RowSink(out / "sft" / f"{rank:05d}.parquet"), RowSink(out / "rl" / f"{rank:05d}.parquet")
+        evals: dict = {}  # domain -> its open JSONL file
         stats = {"split": Counter(), "domains": Counter(), "copies": Counter(),
                  "turn_types": {"train": Counter(), "heldout": Counter()},
                  "prompt_tokens": [], "target_tokens": []}
@@ -186,14 +187,18 @@ class RenderShards(PipelineStep):
             if split == "heldout":
                 for t in turns:
                     rec = render.agentworldbench_record(domain, traj, t, self.data["max_history"])
-                    evals.setdefault(traj.domain, []).append(json.dumps(rec, ensure_ascii=False))
+                    if traj.domain not in evals:
+                        (out / "eval" / traj.domain).mkdir(exist_ok=True)
+                        evals[traj.domain] = open(out / "eval" / traj.domain / f"{rank:05d}.jsonl", "w",
+                                                  encoding="utf-8")
+                    evals[traj.domain].write(json.dumps(rec, ensure_ascii=False) + "\n")
                 continue
             rng = _rng(self.seed, traj.id)
             for copy in range(copies):  # a copy draws its own prompt variants and RL turn
                 for t in turns:
                     variant = rng.randrange(render.FIRST_SFT_VARIANT, len(domain.PROMPT_VARIANTS))
                     prompt, answer = render.turn_messages(domain, traj, t, self.data["max_history"], variant)
-                    sft.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
+                    sft.add({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
                                 "copy": copy, "prompt_variant": variant, "prompt": prompt,
                                 "completion": [answer]})
                     if _in_stats_sample(traj.id, t):  # templating every sample would dominate
@@ -204,24 +209,54 @@ class RenderShards(PipelineStep):
                 # RL takes one turn per trajectory (multi-turn expansion destabilised RL in the recipe).
                 t = rng.choice(turns)
                 prompt, _ = render.turn_messages(domain, traj, t, self.data["max_history"])
-                rl.append({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t, "copy": copy,
+                rl.add({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t, "copy": copy,
                            "prompt": prompt, "reference": traj.steps[t - 1].observation})
-        for f in splits.values():
+        for f in (*splits.values(), *evals.values()):
             f.close()
         cpt = {s: p.finish() for s, p in packers.items()}
-        for name, rows in (("sft", sft), ("rl", rl)):
-            if rows:
-                pq.write_table(pa.Table.from_pylist(rows), out / name / f"{rank:05d}.parquet")
-        for dom, lines in evals.items():
-            (out / "eval" / dom).mkdir(exist_ok=True)
-            (out / "eval" / dom / f"{rank:05d}.jsonl").write_text("".join(l + "\n" for l in lines))
+        sft.close()
+        rl.close()
         p, t = stats.pop("prompt_tokens"), stats.pop("target_tokens")
         write_json(Path(self.work) / "stats" / f"render_{rank:05d}.json", {
             **{k: (dict(v) if isinstance(v, Counter) else v) for k, v in stats.items()},
             "turn_types": {k: dict(v) for k, v in stats["turn_types"].items()},
-            "cpt": cpt, "sft": len(sft), "rl": len(rl),
+            "cpt": cpt, "sft": sft.count, "rl": rl.count,
             "stats_sample": len(p), "prompt_tokens_sum": sum(p), "prompt_tokens_max": max(p, default=0),
             "target_tokens_sum": sum(t), "target_tokens_max": max(t, default=0)})
+
+
+class RowSink:
+    """Rows into one parquet file, a row group at a time: a render task holds one group, not its
+    whole output, so memory stays flat however large the task. No rows, no file."""
+
+    def __init__(self, path: Path, group_rows: int = 2048):
+        self.path, self.group_rows, self.rows, self.writer, self.count = path, group_rows, [], None, 0
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        self.count += 1
+        if len(self.rows) >= self.group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(self.rows)
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, table.schema)
+        elif table.schema != self.writer.schema:
+            try:  # a group can infer a narrower type (all-null column): widen it to the file's
+                table = table.cast(self.writer.schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as e:
+                raise ValueError(f"{self.path}: rows {self.count - len(self.rows)}.. do not fit the "
+                                 f"schema of the rows before them: {e}") from e
+        self.writer.write_table(table)
+        self.rows = []
+
+    def close(self) -> None:
+        self._flush()
+        if self.writer is not None:
+            self.writer.close()
 
 
 def _docs(folder: Path):

@@ -34,19 +34,36 @@ def compose(stage: str, overrides: list[str]):
         return hydra_compose("config", overrides=[f"stage={stage}", "run_dir=unused", *overrides])
 
 
+def sbatch_options(c) -> dict:
+    """The optional #SBATCH settings of a cluster config, shared by this template and the submitit
+    launcher (configs/hydra/launcher/lwm_slurm.yaml): unset ones are left out, not passed empty."""
+    opts = {k: v for k, v in (("partition", c.partition), ("account", c.account), ("qos", c.qos),
+                              ("constraint", c.constraint)) if v}
+    if c.exclusive:
+        opts["exclusive"] = True
+    if c.requeue:
+        opts["requeue"] = True  # `scontrol requeue` is refused for a job submitted without it
+    return opts
+
+
+def submitit_options(c) -> dict:
+    """`additional_parameters` of the submitit launcher: sbatch_options plus the per-task resources.
+    There one Slurm task runs per GPU, so the node's cpus_per_task (one torchrun task per node in
+    the template) is split between them."""
+    return {**sbatch_options(c), "cpus-per-task": max(c.cpus_per_task // max(c.gpus_per_node, 1), 1),
+            "mem": f"{c.mem_gb}G" if c.mem_gb else "0"}
+
+
 def render(cfg, stage: str, overrides: list[str], runs_dir: str = "runs") -> str:
     c = cfg.cluster
     if c.gpus_per_node < 1:
         raise ValueError(f"cluster={c.name}: gpus_per_node = {c.gpus_per_node}; Slurm jobs run on GPU nodes "
                          "(use cluster=local on a CPU machine)")
     job_dir = f"{runs_dir}/{cfg.run_name}/slurm"
-    optional = [f"#SBATCH --{k}={v}" for k, v in (("partition", c.partition), ("account", c.account),
-                                                  ("qos", c.qos), ("constraint", c.constraint)) if v]
-    if c.exclusive:
-        optional.append("#SBATCH --exclusive")
+    optional = [f"#SBATCH --{k}" if v is True else f"#SBATCH --{k}={v}" for k, v in sbatch_options(c).items()]
     if c.requeue:
         # B: the batch shell gets USR1, and forwards the request to the trainers by file.
-        optional += ["#SBATCH --requeue", f"#SBATCH --signal=B:USR1@{c.signal_seconds}"]
+        optional.append(f"#SBATCH --signal=B:USR1@{c.signal_seconds}")
     # The run is pinned by name so a requeued job finds its own checkpoints.
     job_overrides = [o for o in overrides if not o.startswith("run_name=")] + [f"run_name={cfg.run_name}"]
     return Template(TEMPLATE.read_text()).substitute(

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from launch import preempt
 from lwm import domains
 from lwm.config import STAGES
 from lwm.tracking import RunPaths
@@ -70,11 +71,14 @@ def run_stage(cfg: DictConfig):
     paths = setup(cfg)
     if cfg.stage != "run":
         log.info("stage %s -> %s", cfg.stage, paths.root / cfg.stage)
-        return _stage_fn(cfg.stage)(cfg, paths)
+        result = _stage_fn(cfg.stage)(cfg, paths)
+        preempt.requeue_if_preempted(result, cfg.cluster.requeue)
+        return result
     results = {}
     for name in STAGES:
         log.info("=== stage %s ===", name)
         if name == "eval":
             cfg.eval.compare_stages = True
         results[name] = _stage_fn(name)(cfg, paths)
+        preempt.requeue_if_preempted(results[name], cfg.cluster.requeue)
     return results

@@ -84,7 +84,7 @@ class ClusterConfig:
     time_minutes: int = 60
     qos: str = ""
     constraint: str = ""
-    cpus_per_task: int = 16
+    cpus_per_task: int = 16        # per node (split between the GPUs' tasks under the submitit launcher)
     mem_gb: int = 0                # 0 = the whole node (--mem=0)
     exclusive: bool = True
     requeue: bool = True           # preemption: USR1 signal_seconds before the end, save, requeue
@@ -294,9 +294,22 @@ class LWMConfig:
     wandb: WandbConfig = field(default_factory=WandbConfig)
 
 
+def register_resolvers() -> None:
+    """Resolvers our configs use; also registered on import, for a submitit job that re-composes
+    the config without going through the CLI."""
+    from omegaconf import OmegaConf
+
+    def submitit_options(cluster):
+        from launch.slurm import submitit_options
+        return submitit_options(cluster)
+    # Slurm options derived from cluster.* (configs/hydra/launcher/lwm_slurm.yaml).
+    OmegaConf.register_new_resolver("lwm.submitit_options", submitit_options, replace=True)
+
+
 def register_configs() -> None:
     cs = ConfigStore.instance()
     cs.store(name="lwm_schema", node=LWMConfig)
+    register_resolvers()
     for group, node in [("model", ModelConfig), ("data", DataConfig), ("backend", BackendConfig),
                         ("cluster", ClusterConfig), ("policy", PolicyConfig),
                         ("collect", CollectConfig), ("ingest", IngestConfig),
@@ -304,3 +317,6 @@ def register_configs() -> None:
                         ("cpt", CptConfig), ("sft", SftConfig), ("rl", RlConfig),
                         ("eval", EvalConfig)]:
         cs.store(group=group, name=f"{group}_schema", node=node)
+
+
+register_resolvers()

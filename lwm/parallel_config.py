@@ -57,7 +57,6 @@ class MegatronConfig:
     recompute_method: str = "uniform"    # uniform | block (full recompute only)
     recompute_num_layers: int = 1
     recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])  # selective only
-    micro_batch_size: int = 1
 
 
 @dataclass

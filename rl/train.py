@@ -7,12 +7,18 @@ a penalty for judge-directed text; it sees only the observation extracted from
 rl.use_vllm, transformers' generate otherwise. TRL logs every reward component
 (rewards/<name>/mean), the rubric dimensions, judge failure rate, completion length, KL and
 clip ratios to wandb each logging step; the same per-step series go to rl/metrics.json.
+
+The backend is SFT's (sft.train.backend_args): hf (DDP under torchrun) or DeepSpeed ZeRO 0-3 with
+a config generated from ours (TRL gathers ZeRO-3 weights for generation); rank 0 writes the
+metrics and the final model.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import os
+from collections import Counter
 from pathlib import Path
 
 import datasets
@@ -22,14 +28,16 @@ from trl import GRPOConfig, GRPOTrainer
 from lwm.modeling import load_model
 from lwm.tokenizer import encode_prompt, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
+from pretrain.backends import dist as pdist
 from rl.rewards import HybridReward
-from sft.train import resume_arg, save_final, trainer_args
+from sft.train import backend_args, check_world, resume_arg, save_final, trainer_args
 
 log = logging.getLogger("lwm.rl")
 
 # Per-step series kept in metrics.json (TRL's log names; prefixes match every key under them).
 LOGGED = ("reward", "reward_std", "rewards/", "rubric/", "judge/", "guard/", "completions/mean_length",
           "kl", "clip_ratio/", "entropy", "loss")
+COUNTED = ("samples", "judged", "judge_failed", "guarded")
 
 
 def rl_prompts(tok, shards: list[str], max_prompt_length: int) -> tuple[datasets.Dataset, dict]:
@@ -61,8 +69,22 @@ def step_series(log_history: list[dict]) -> list[dict]:
             for h in log_history if "reward" in h]
 
 
+def all_ranks(counts: Counter, device) -> dict:
+    """The reward counts (HybridReward.counts) of every rank summed: each rank scores only its
+    own completions. A collective: every rank calls it; `device` is the one NCCL reduces on."""
+    import torch
+    import torch.distributed as dist
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return dict(counts)
+    total = torch.tensor([float(counts.get(k, 0)) for k in COUNTED], dtype=torch.float64, device=device)
+    dist.all_reduce(total)
+    return {k: int(v) for k, v in zip(COUNTED, total.tolist())}
+
+
 def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tcfg, out = cfg.rl, paths.stage("rl")
+    _, world = pdist.init()  # torchrun's or a submitit task's group; none for one process
+    backend = backend_args(cfg, tcfg, world, "rl")  # fails on an unsupported backend before any work
     final = paths.model("rl")
     if (final / "complete").exists() and tcfg.resume != "never":
         log.info("rl: %s is already trained", final)
@@ -76,20 +98,24 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tok.padding_side = "left"
     model = load_model(init, cfg.model, cfg.backend.dtype)
     dataset, stats = rl_prompts(tok, paths.shards("rl"), tcfg.max_prompt_length)
-    tracker = Tracker(cfg, "rl", out)
+    tracker = Tracker(cfg, "rl", out) if int(os.environ.get("RANK", 0)) == 0 else None
     args = GRPOConfig(**trainer_args(
         cfg, tcfg, out, num_generations=tcfg.num_generations, temperature=tcfg.temperature,
         max_completion_length=tcfg.max_completion_length, beta=tcfg.beta, epsilon=tcfg.epsilon,
         importance_sampling_level="sequence" if tcfg.algorithm == "gspo" else "token",
-        reward_weights=weights, log_completions=False, **generation_args(tcfg)))
+        reward_weights=weights, log_completions=False, **generation_args(tcfg), **backend))
     trainer = GRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
                           reward_funcs=funcs)
+    check_world(trainer, world, cfg.backend.name, "rl")
     trainer.train(resume_from_checkpoint=resume_arg(tcfg.resume, out / "checkpoints"))
     save_final(trainer, tok, final)
+    counts = all_ranks(reward.counts, trainer.accelerator.device)
+    if tracker is None:
+        return {}
     steps = step_series(trainer.state.log_history)
-    counts = dict(reward.counts)
     return tracker.finish({
         **stats, "init": str(init), "algorithm": tcfg.algorithm, "steps": trainer.state.global_step,
+        "backend": cfg.backend.name, "data_parallel": trainer.args.world_size,
         "reward_weights": reward.weights, "judge": tcfg.judge.base_url or None,
         "judge_calls": counts.get("judged", 0), "judge_failed": counts.get("judge_failed", 0),
         "judge_failure_rate": counts["judge_failed"] / counts["judged"] if counts.get("judged") else None,

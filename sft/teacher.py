@@ -9,7 +9,8 @@ always the real one: the candidate's prediction only shows whether its reasoning
 
 Teacher replies and their scores are appended to <run>/sft/teacher/candidates.jsonl one query
 at a time, so a killed run asks again only what it lacks; the selection (threshold) is redone on
-every run from the cache.
+every run from the cache. Under torchrun only rank 0 asks and writes; the other ranks receive its
+targets (`on_rank0`), so every rank trains on the same dataset.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import json
 import logging
 import re
 from collections import defaultdict
+from datetime import timedelta
 from pathlib import Path
 
 from eval.client import ChatClient, EndpointError, run_concurrent
@@ -33,6 +35,9 @@ INSTRUCTION = (
     "from earlier turns and which are new. Then write the observation between "
     "<predicted_observation> and </predicted_observation>.")
 _THINK = re.compile(r"<think>(.*?)</think>", re.S)
+# How long the other ranks wait for rank 0's teacher run: hours with a hosted teacher. Waiting
+# that long is safe: if rank 0 fails, torchrun stops the whole job.
+RANK0_WAIT = timedelta(days=2)
 
 
 def reasoning_of(text: str) -> str:
@@ -180,3 +185,19 @@ def reasoning_targets(tcfg, rows: list[dict], cache_dir: Path, seed: int, model_
              "teacher_failed": failed, "accepted": len(targets),
              "acceptance_rate": len(targets) / n if n else 0.0, "domains": dict(per_domain)}
     return targets, stats
+
+
+def on_rank0(compute):
+    """compute() on rank 0 only, its result on every rank. Under torchrun the other ranks wait in
+    a broadcast on a gloo group of its own, whose timeout outlasts a long teacher run (the default
+    group's would not) and which needs no GPU for the Python objects it carries."""
+    import torch.distributed as dist
+    from pretrain.backends import dist as pdist
+    rank, world = pdist.init()  # joins the job's group, if any; creates none for one process
+    if world == 1:
+        return compute()
+    group = dist.new_group(backend="gloo", timeout=RANK0_WAIT)
+    result = [compute() if rank == 0 else None]
+    dist.broadcast_object_list(result, src=0, group=group)
+    dist.destroy_process_group(group)
+    return result[0]

@@ -28,7 +28,8 @@ from lwm.modeling import load_model
 from lwm.render import target
 from lwm.tokenizer import drop_oldest_turn, encode_chat, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
-from sft.teacher import reasoning_targets
+from pretrain.backends import dist as pdist
+from sft.teacher import on_rank0, reasoning_targets
 
 log = logging.getLogger("lwm.sft")
 
@@ -102,28 +103,27 @@ def trainer_args(cfg: DictConfig, tcfg, out: Path, **extra) -> dict:
         **extra)
 
 
-def backend_args(cfg: DictConfig, tcfg, world: int) -> dict:
-    """The TrainingArguments that pick the SFT backend: hf (the Trainer's DDP under torchrun) or
-    DeepSpeed with a config generated from ours."""
+def backend_args(cfg: DictConfig, tcfg, world: int, stage: str = "sft") -> dict:
+    """The TrainingArguments that pick the backend of a TRL stage (`lwm sft`, `lwm rl`): hf (the
+    Trainer's DDP under torchrun) or DeepSpeed with a config generated from ours."""
     b = cfg.backend
     if b.name == "megatron":
-        raise NotImplementedError("backend=megatron is not implemented for `lwm sft` yet: use "
-                                  "backend=deepspeed (ZeRO 0-3) or backend=hf for SFT")
+        raise NotImplementedError(f"backend=megatron is not implemented for `lwm {stage}` yet: use "
+                                  f"backend=deepspeed (ZeRO 0-3) or backend=hf for {stage}")
     if b.name == "hf":
         if b.strategy != "ddp":
             # The Trainer's FSDP on CPU silently falls back to DDP (STACK.md): refuse it by name.
-            raise NotImplementedError(f"sft with backend=hf trains DDP only, not backend.strategy="
+            raise NotImplementedError(f"{stage} with backend=hf trains DDP only, not backend.strategy="
                                       f"{b.strategy}; shard with backend=deepspeed backend.deepspeed.zero_stage=3")
         return {}
     d = b.deepspeed
     if d.zero_stage == 3 and not d.stage3_gather_16bit_weights_on_model_save:
         # Without the gather, Trainer.save_model writes a placeholder model and only warns.
-        raise ValueError("sft with backend.deepspeed.zero_stage=3 needs "
+        raise ValueError(f"{stage} with backend.deepspeed.zero_stage=3 needs "
                          "backend.deepspeed.stage3_gather_16bit_weights_on_model_save=true")
     if d.ep_size > 1:
         raise NotImplementedError("backend.deepspeed.ep_size > 1 needs DeepSpeed-MoE layers; "
                                   "the HF MoE blocks train with ep_size 1")
-    from pretrain.backends import dist as pdist
     from pretrain.backends.deepspeed import ds_config
     # The optimizer and schedule stay the Trainer's (the AdamW and warmup+cosine of backend=hf),
     # so switching backend changes the parallelism, not the optimisation. A DeepSpeed "optimizer"
@@ -131,18 +131,22 @@ def backend_args(cfg: DictConfig, tcfg, world: int) -> dict:
     ds = ds_config(b, tcfg, world, client_optimizer=True)
     # DeepSpeed needs a process group even for one rank; without torchrun it would look for MPI.
     pdist.init(always=True)
+    # deepspeed.comm must know the world before any model is built under ZeRO-3 (GRPO's reference
+    # model is, via zero.Init): left to the Trainer, it counts world 1 there and the batch check fails.
+    import deepspeed
+    deepspeed.init_distributed(dist_backend="nccl" if _cuda() else "gloo")
     return {"deepspeed": ds, "gradient_checkpointing": d.activation_checkpointing}
 
 
-def check_world(trainer, world: int, backend: str) -> None:
+def check_world(trainer, world: int, backend: str, stage: str = "sft") -> None:
     """The Trainer can silently run as world 1 while torchrun started several ranks (each then
     trains its own replica): refuse that."""
     got = trainer.args.world_size
     if got != world:
-        raise RuntimeError(f"sft: the Trainer sees world size {got}, torchrun started WORLD_SIZE={world}; "
+        raise RuntimeError(f"{stage}: the Trainer sees world size {got}, torchrun started WORLD_SIZE={world}; "
                            "the ranks would train unsynchronised replicas")
     if backend == "deepspeed" and not trainer.is_deepspeed_enabled:
-        raise RuntimeError("sft: backend=deepspeed but the Trainer did not enable DeepSpeed")
+        raise RuntimeError(f"{stage}: backend=deepspeed but the Trainer did not enable DeepSpeed")
 
 
 def _cuda() -> bool:
@@ -168,9 +172,24 @@ def save_final(trainer, tok, final: Path) -> None:
         (final / "complete").touch()
 
 
+def teacher_reasoning(cfg: DictConfig, records, out: Path) -> tuple[dict[str, str], dict | None]:
+    """The accepted teacher reasoning per sample ({} and None without a teacher). Rank 0 asks
+    the teacher and writes its cache; the other ranks get the same targets."""
+    t = cfg.sft.teacher
+    if not (t.base_url or t.path):
+        return {}, None
+    reasoning, stats = on_rank0(lambda: reasoning_targets(t, list(records), out / "teacher", cfg.seed,
+                                                         cfg.model, cfg.backend.dtype))
+    log.info("sft: teacher reasoning accepted for %d of %d queries", stats["accepted"], stats["queries"])
+    return reasoning, stats
+
+
 def train(cfg: DictConfig, paths: RunPaths) -> dict:
+    if cfg.backend.name == "megatron":
+        from pretrain.backends.megatron_train import train_sft
+        return train_sft(cfg, paths)
     tcfg, out = cfg.sft, paths.stage("sft")
-    world = int(os.environ.get("WORLD_SIZE", 1))
+    _, world = pdist.init()  # torchrun's or a submitit task's group; none for one process
     backend = backend_args(cfg, tcfg, world)  # fails on an unsupported backend before any work
     final = paths.model("sft")
     if (final / "complete").exists() and tcfg.resume != "never":
@@ -182,12 +201,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     # The MoE load-balancing loss is added during training only.
     model.config.output_router_logits = True
     records = datasets.Dataset.from_parquet(paths.shards("sft"))
-    reasoning, teacher_stats = {}, None
-    if tcfg.teacher.base_url or tcfg.teacher.path:
-        reasoning, teacher_stats = reasoning_targets(tcfg.teacher, list(records), out / "teacher",
-                                                     cfg.seed, cfg.model, cfg.backend.dtype)
-        log.info("sft: teacher reasoning accepted for %d of %d queries", teacher_stats["accepted"],
-                 teacher_stats["queries"])
+    reasoning, teacher_stats = teacher_reasoning(cfg, records, out)
     dataset, stats = tokenized_samples(tok, records, tcfg.max_length,
                                        tcfg.train_history_observations, reasoning)
     if teacher_stats is not None:

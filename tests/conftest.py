@@ -82,3 +82,20 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run_cli(stage: str, run_dir: Path, *overrides: str, ranks: int = 1, env: dict | None = None,
+            timeout: int = 600):
+    """`lwm <stage>` on the tiny model in a subprocess (under torchrun when ranks > 1); fails the
+    test with the end of its stderr unless it succeeds."""
+    import subprocess
+    import sys
+    launch = [sys.executable]
+    if ranks > 1:
+        launch += ["-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={free_port()}"]
+    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
+    res = subprocess.run([*launch, "-m", "lwm.cli", stage, f"hydra.run.dir={run_dir}", *TINY, *overrides],
+                         env=env, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                         timeout=timeout)
+    assert res.returncode == 0, res.stderr[-4000:]
+    return res

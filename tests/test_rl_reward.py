@@ -17,7 +17,7 @@ from lwm.config import RlConfig
 from lwm.tracking import RunPaths
 from rl.rewards import HybridReward, judge_directed
 from tests.conftest import make_cfg
-from tests.test_sft_teacher import exact_judge, serve, stop, tiny_init
+from tests.test_sft_teacher import exact_judge, serve, stop
 
 REAL = "user@box:/work$ cat notes.txt\nbuy milk\nuser@box:/work$"
 PROMPT = [{"role": "system", "content": "You simulate a terminal."},
@@ -115,7 +115,7 @@ def test_judge_outage_gives_rubric_zero_and_is_counted(outage):
             stop(server)
 
 
-def test_rl_hybrid_reward_end_to_end_through_a_judge_outage(run_copy):
+def test_rl_hybrid_reward_end_to_end_through_a_judge_outage(run_copy, sft_init):
     judge = FlakyJudge(fail=4)  # the first step's judgements all fail; training goes on
     server = serve(judge)
     try:
@@ -123,7 +123,7 @@ def test_rl_hybrid_reward_end_to_end_through_a_judge_outage(run_copy):
                        "rl.max_completion_length=16", "rl.log_every=1", "rl.algorithm=gspo",
                        "rl.beta=0.01", f"rl.judge.base_url={server.url}", "rl.judge.max_retries=0",
                        "rl.judge.concurrency=4")
-        cfg.rl.init = str(tiny_init(run_copy, cfg))
+        cfg.rl.init = str(sft_init)
         metrics = _stage_fn("rl")(cfg, RunPaths(run_copy))
     finally:
         stop(server)

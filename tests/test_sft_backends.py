@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,9 +15,8 @@ import torch
 from safetensors.torch import load_file
 
 from lwm.modeling import load_model
-from tests.conftest import TINY, free_port
+from tests.conftest import run_cli
 
-ROOT = Path(__file__).resolve().parent.parent
 # float32: the DeepSpeed preset trains in bf16, which would blur the comparison with backend=hf.
 STEPS = ["sft.max_steps=4", "sft.save_every=2", "sft.log_every=1", "sft.batch_size=2",
          "backend.num_threads=1", "backend.dtype=float32"]
@@ -28,20 +26,19 @@ EXT_DIR = os.environ.get("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "t
                                                      f"py{sys.version_info[0]}{sys.version_info[1]}_cpu"))
 
 
+def trained(stage: str, run: Path, init: Path, *extra: str, steps: list[str] = STEPS, ranks: int = 1) -> dict:
+    """Run `lwm <stage>` from `init`; its metrics."""
+    run_cli(stage, run, *steps, f"{stage}.init={init}", *extra, ranks=ranks,
+            env={"TORCH_EXTENSIONS_DIR": EXT_DIR}, timeout=300)
+    return json.loads((run / stage / "metrics.json").read_text())
+
+
 def sft(run: Path, init: Path, *extra: str, ranks: int = 1) -> dict:
-    launcher = [sys.executable]
-    if ranks > 1:
-        launcher += ["-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={free_port()}"]
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", "TORCH_EXTENSIONS_DIR": EXT_DIR}
-    res = subprocess.run([*launcher, "-m", "lwm.cli", "sft", f"hydra.run.dir={run}", *TINY, *STEPS,
-                          f"sft.init={init}", *extra], env=env, cwd=ROOT, capture_output=True, text=True,
-                         timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return json.loads((run / "sft" / "metrics.json").read_text())
+    return trained("sft", run, init, *extra, ranks=ranks)
 
 
-def weights(run: Path) -> dict:
-    return load_file(run / "sft" / "final" / "model.safetensors")
+def weights(run: Path, stage: str = "sft") -> dict:
+    return load_file(run / stage / "final" / "model.safetensors")
 
 
 def assert_same_weights(a: dict, b: dict) -> None:

@@ -12,11 +12,9 @@ import threading
 
 import datasets
 import pytest
-import torch
 
 from launch.stages import _stage_fn
 from lwm.domains import extract_observation
-from lwm.modeling import build_model
 from lwm.tokenizer import IGNORE, load_tokenizer
 from lwm.tracking import RunPaths
 from serve.server import WorldModelServer
@@ -38,16 +36,6 @@ def serve(backend):
 def stop(server):
     server.shutdown()
     server.server_close()
-
-
-def tiny_init(run, cfg):
-    """A fresh tiny model with the run's tokenizer, as a checkpoint the stages can start from."""
-    tok = load_tokenizer(run / "prepare" / "tokenizer")
-    torch.manual_seed(0)
-    init = run / "init"
-    build_model(cfg.model, len(tok), tok).save_pretrained(init, safe_serialization=True)
-    tok.save_pretrained(init)
-    return init
 
 
 class CannedTeacher:
@@ -108,12 +96,12 @@ def teacher(run_copy):
         stop(s)
 
 
-def test_sft_with_teacher_trains_on_accepted_reasoning(run_copy, teacher):
+def test_sft_with_teacher_trains_on_accepted_reasoning(run_copy, sft_init, teacher):
     backend, teacher_url, judge_url = teacher
     cfg = make_cfg(run_copy, "sft.max_steps=2", "sft.batch_size=2", f"sft.teacher.base_url={teacher_url}",
                    "sft.teacher.max_queries=9", "sft.teacher.concurrency=4",
                    f"sft.teacher.judge.base_url={judge_url}", "sft.teacher.judge.max_retries=0")
-    cfg.sft.init = str(tiny_init(run_copy, cfg))
+    cfg.sft.init = str(sft_init)
     metrics = _stage_fn("sft")(cfg, RunPaths(run_copy))
     assert metrics["steps"] == 2 and (run_copy / "sft" / "final" / "model.safetensors").exists()
     stats = metrics["teacher"]
@@ -143,6 +131,29 @@ def test_sft_with_teacher_trains_on_accepted_reasoning(run_copy, teacher):
     cache.write_text("\n".join(lines[:5]) + "\n" + lines[5][:20])
     _, resumed = reasoning_targets(cfg.sft.teacher, rows, run_copy / "sft" / "teacher", cfg.seed)
     assert resumed["asked"] == 4 and resumed["accepted"] == stats["accepted"]
+
+
+def test_only_rank0_asks_the_teacher_under_torchrun(prepared_run, sft_init, tmp_path):
+    """2 torchrun ranks: rank 0 asks each query once and writes the cache alone; rank 1 waits and
+    trains on the same targets (the teacher double runs in this process, the ranks reach it
+    over HTTP)."""
+    from tests.test_sft_backends import fresh, sft
+    run = fresh(prepared_run, tmp_path)
+    refs = {r["prompt"][-1]["content"]: extract_observation(r["completion"][-1]["content"])[0]
+            for r in sft_rows(run)}
+    backend = CannedTeacher(refs)
+    server = serve(backend)
+    try:
+        metrics = sft(run, sft_init, "backend=hf", f"sft.teacher.base_url={server.url}",
+                      "sft.teacher.max_queries=6", "sft.teacher.samples=2", "sft.teacher.concurrency=4",
+                      ranks=2)
+    finally:
+        stop(server)
+    assert metrics["data_parallel"] == 2 and backend.calls == 6 * 2  # each query asked once
+    cached = [json.loads(l) for l in (run / "sft" / "teacher" / "candidates.jsonl").read_text().splitlines()]
+    assert len(cached) == len({c["key"] for c in cached}) == 6
+    stats = metrics["teacher"]
+    assert stats["asked"] == 6 and 0 < stats["accepted"] == metrics["with_reasoning"] < 6
 
 
 def test_teacher_outage_falls_back_to_observation_only(run_copy):

@@ -18,6 +18,6 @@ def train_fn(name: str):
         from pretrain.backends.deepspeed import train
         return train
     if name == "megatron":
-        from pretrain.backends.megatron import train
+        from pretrain.backends.megatron_train import train
         return train
     raise ValueError(f"backend.name = '{name}': expected hf, deepspeed or megatron")

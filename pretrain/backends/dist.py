@@ -9,10 +9,29 @@ import torch
 import torch.distributed as dist
 
 
+def submitit_env() -> dict[str, str]:
+    """torchrun's variables for a task of a submitit Slurm job (cluster=slurm: one Slurm task per
+    GPU, no torchrun), from the task's Slurm variables; {} anywhere else (torchrun already set them,
+    cluster=local, or a one-task job, which stays a plain world-1 process)."""
+    environ = os.environ
+    if (environ.get("SUBMITIT_EXECUTOR") != "slurm" or "WORLD_SIZE" in environ
+            or "SLURM_PROCID" not in environ or int(environ.get("SLURM_NTASKS", 1)) <= 1):
+        return {}
+    from submitit.helpers import TorchDistributedEnvironment
+    # MASTER_ADDR: the first node of the array task's allocation; MASTER_PORT: $MASTER_PORT if set,
+    # else one drawn from the job id, so every task agrees and array tasks sharing a node differ.
+    env = TorchDistributedEnvironment()
+    return {"RANK": str(env.rank), "WORLD_SIZE": str(env.world_size), "LOCAL_RANK": str(env.local_rank),
+            "LOCAL_WORLD_SIZE": str(env.local_world_size), "MASTER_ADDR": env.master_addr,
+            "MASTER_PORT": str(env.master_port)}
+
+
 def init(always: bool = False) -> tuple[int, int]:
-    """(rank, world size); joins torchrun's group when launched by it. Outside torchrun: world 1,
-    with a one-rank group only when `always` (DeepSpeed and Megatron need one). NCCL with a GPU,
-    gloo on CPU (the tests' path)."""
+    """(rank, world size); joins torchrun's group when launched by it, or the job's group when run
+    as a task of a multi-task submitit Slurm job. Outside both: world 1, with a one-rank group only
+    when `always` (DeepSpeed and Megatron need one). NCCL with a GPU, gloo on CPU (the tests' path)."""
+    # Not CUDA_VISIBLE_DEVICES: every task sees the node's GPUs and picks LOCAL_RANK's below.
+    os.environ.update(submitit_env())
     if "WORLD_SIZE" not in os.environ:
         if not always:
             return 0, 1

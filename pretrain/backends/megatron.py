@@ -2,20 +2,15 @@
 
 `transformer_config` is the one place our model/backend fields become Megatron's names; the
 same numbers build the HF model, so a converted checkpoint loads into either. The training loop
-(`train`) needs CUDA: on CPU only the translation, the layer specs and (with the test
-fixture's patches) small forward/backward runs work.
+is in megatron_train.py, the HF <-> dist checkpoint steps in megatron_ckpt.py.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 
 import torch
 import torch.nn.functional as F
-
-from lwm.parallel_config import parallel_plan, world_size_of
-from pretrain.backends import dist as pdist
 
 log = logging.getLogger("lwm.cpt.megatron")
 
@@ -140,7 +135,7 @@ def optimizer_config(bcfg, tcfg):
                            use_distributed_optimizer=bcfg.megatron.distributed_optimizer)
 
 
-def initialize_parallel(bcfg) -> None:
+def initialize_parallel(bcfg, seed: int = 1234) -> None:
     from megatron.core import parallel_state as ps
     from megatron.core import tensor_parallel
     m = bcfg.megatron
@@ -149,102 +144,5 @@ def initialize_parallel(bcfg) -> None:
         virtual_pipeline_model_parallel_size=m.virtual_pipeline_parallel or None,
         context_parallel_size=m.context_parallel, expert_model_parallel_size=m.expert_parallel,
         expert_tensor_parallel_size=m.expert_tensor_parallel)
-    if torch.cuda.is_available():
-        tensor_parallel.model_parallel_cuda_manual_seed(1234)
-
-
-def train(cfg, paths) -> dict:
-    """Short Megatron CPT (GPU): the same shards, loss mask and schedule as the hf loop; the
-    final weights go through lwm.convert into an HF checkpoint."""
-    from megatron.core import dist_checkpointing
-    from megatron.core import parallel_state as ps
-    from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
-    from megatron.core.optimizer import get_megatron_optimizer
-    from megatron.core.pipeline_parallel import get_forward_backward_func
-
-    from lwm.tokenizer import load_tokenizer
-    from lwm.tracking import Tracker
-    from pretrain.train import PackedShards, labels_for, lr_at
-
-    if not torch.cuda.is_available():
-        raise RuntimeError("backend=megatron trains on GPUs only (see tests/test_backend_megatron.py for "
-                           "what runs on CPU)")
-    tcfg, out = cfg.cpt, paths.stage("cpt")
-    rank, world = pdist.init(always=True)
-    plan = parallel_plan(cfg.model, cfg.backend, world)
-    if cfg.cluster.name != "local" and world != world_size_of(cfg.cluster):
-        log.warning("megatron: %d ranks running, cluster %s describes %d", world, cfg.cluster.name,
-                    world_size_of(cfg.cluster))
-    initialize_parallel(cfg.backend)
-    log.info("megatron: %s", plan.describe())
-    prepared = paths.prepared
-    tok = load_tokenizer(cfg.data.tokenizer or prepared / "tokenizer")
-    vocab = cfg.model.vocab_size or len(tok)
-    shards = PackedShards(prepared / "cpt" / "train", cfg.seed)
-    model = build_model(cfg.model, cfg.backend, vocab, cfg.data.seq_len).cuda()
-    model = DistributedDataParallel(config=model.config, ddp_config=ddp_config(cfg.backend), module=model)
-    opt = get_megatron_optimizer(optimizer_config(cfg.backend, tcfg), [model])
-    model.config.finalize_model_grads_func = finalize_model_grads
-    ckpt_dir = out / "checkpoints_megatron"
-    step = 0
-    if tcfg.resume != "never" and (ckpt_dir / "latest.txt").exists():
-        tag = (ckpt_dir / "latest.txt").read_text().strip()
-        meta = torch.load(ckpt_dir / tag / "lwm_meta.pt", weights_only=True)
-        pdist.check_resume_dp(meta, plan.dp, "the distributed optimizer state is laid out per DP size; "
-                              "resume with the old layout or load weights only (cpt.init)")
-        state = dist_checkpointing.load(model.sharded_state_dict(), str(ckpt_dir / tag))
-        model.load_state_dict(state)
-        step = int(meta["step"])
-    dp = ps.get_data_parallel_world_size()
-    dp_rank = ps.get_data_parallel_rank()
-    tracker = Tracker(cfg, "cpt", out) if rank == 0 else None
-    fwd_bwd = get_forward_backward_func()
-    seq = cfg.data.seq_len
-
-    def forward_step(data_iter, model):
-        ids, mask = next(data_iter)
-        ids = ids.cuda()
-        labels = labels_for(ids, None if mask is None else mask.cuda(), tok.pad_token_id)
-        pos = torch.arange(ids.shape[1], device=ids.device).unsqueeze(0).expand_as(ids)
-        # next-token targets, as HF's shift inside the loss
-        tgt = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
-        keep = (tgt != -100).float()
-        out = model(ids, pos, None, labels=tgt.clamp(min=0))
-
-        def loss_fn(per_token):
-            loss = (per_token.float() * keep).sum() / keep.sum().clamp(min=1)
-            return loss, {"lm": loss.detach()}
-        return out, loss_fn
-
-    tokens, t0, losses = 0, time.time(), []
-    while step < tcfg.max_steps:
-        for g in opt.param_groups:
-            g["lr"] = tcfg.lr * lr_at(step, tcfg)
-        micro = [pdist.rank_batch(shards, step, k, tcfg.grad_accum, dp_rank, dp, tcfg.batch_size)
-                 for k in range(tcfg.grad_accum)]
-        model.zero_grad_buffer()
-        opt.zero_grad()
-        reports = fwd_bwd(forward_step_func=forward_step, data_iterator=iter(micro), model=[model],
-                          num_microbatches=tcfg.grad_accum, seq_length=seq,
-                          micro_batch_size=tcfg.batch_size, forward_only=False)
-        _, grad_norm, _ = opt.step()
-        step += 1
-        tokens += tcfg.batch_size * seq * tcfg.grad_accum * dp
-        if ps.is_pipeline_last_stage() and reports:
-            losses.append(float(sum(r["lm"] for r in reports)) / max(1, tcfg.grad_accum))
-        if tracker and losses and (step % tcfg.log_every == 0 or step == tcfg.max_steps):
-            tracker.log({"loss": losses[-1], "grad_norm": float(grad_norm or 0),
-                         "tokens_per_s": tokens / (time.time() - t0)}, step=step)
-        if step % tcfg.save_every == 0 or step == tcfg.max_steps:
-            tag = f"step_{step:07d}"
-            (ckpt_dir / tag).mkdir(parents=True, exist_ok=True)
-            dist_checkpointing.save(model.sharded_state_dict(), str(ckpt_dir / tag))
-            if rank == 0:
-                torch.save({"step": step, "dp_size": plan.dp}, ckpt_dir / tag / "lwm_meta.pt")
-                (ckpt_dir / "latest.txt").write_text(tag)
-    result = {"steps": step, "backend": "megatron", "layout": plan.describe(),
-              "train_loss_first": losses[0] if losses else None,
-              "train_loss_last": losses[-1] if losses else None,
-              "tokens_per_s": tokens / max(time.time() - t0, 1e-9),
-              "checkpoint": str(ckpt_dir)}
-    return tracker.finish(result) if tracker else result
+    # per-TP-rank RNG streams (dropout, init); the tensor-parallel layers need them registered
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
