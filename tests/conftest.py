@@ -43,6 +43,23 @@ def collect_cfg(domain: str, n: int, **overrides):
     return cfg
 
 
+LAUNCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _no_job_identity_leaks():
+    """Code under test may join a process group and write RANK/WORLD_SIZE/MASTER_* into
+    os.environ (pdist.init does for submitit tasks); a later test, or the processes it starts,
+    would then believe it is one rank of a job. Each test gets them back as they were."""
+    before = {k: os.environ.get(k) for k in LAUNCH_VARS}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture(scope="session")
 def prepared_run(tmp_path_factory):
     """A run directory with `prepare` done on the recorded terminal trajectories."""

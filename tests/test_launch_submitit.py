@@ -120,17 +120,12 @@ TORCH_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_AD
 
 @pytest.fixture
 def slurm_task(monkeypatch):
-    # pdist.init() writes the derived RANK/WORLD_SIZE/MASTER_* into os.environ, which monkeypatch
-    # does not track: the whole environment is put back, or every later test (and the processes
-    # it starts) would believe it is rank 9 of 16.
-    saved = dict(os.environ)
+    # what pdist.init() writes into os.environ is put back by conftest's autouse fixture
     for k in TORCH_VARS:
         monkeypatch.delenv(k, raising=False)
     for k, v in SLURM_TASK.items():
         monkeypatch.setenv(k, v)
-    yield monkeypatch
-    os.environ.clear()
-    os.environ.update(saved)
+    return monkeypatch
 
 
 def test_submitit_task_derives_torch_env(slurm_task):

@@ -89,11 +89,3 @@ def test_two_ranks_equal_one_rank_with_accumulation(backend, hf_run, prepared_ru
     assert metrics["data_parallel"] == 2 and metrics["backend"] == backend
     assert metrics["train_loss_first"] == pytest.approx(hf_metrics["train_loss_first"], rel=1e-5)
     assert_same_weights(weights(hf), weights(run))
-
-
-def test_megatron_sft_is_refused_by_name(tmp_path):
-    from sft.train import backend_args
-    from tests.conftest import make_cfg
-    cfg = make_cfg(tmp_path, "backend=megatron")
-    with pytest.raises(NotImplementedError, match="backend=deepspeed"):
-        backend_args(cfg, cfg.sft, 1)
