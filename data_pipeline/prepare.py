@@ -291,6 +291,14 @@ class TrainTokenizer(PipelineStep):
         yield  # a generator, as datatrove expects of a step
 
 
+def _append(out_file, parts: list[Path]) -> None:
+    """Concatenate files into an open one, streamed: a task's split file is hundreds of MB at
+    1M trajectories, and reading it whole made publishing the largest process of prepare."""
+    for part in parts:
+        with open(part, "rb") as src:
+            shutil.copyfileobj(src, out_file, 16 << 20)
+
+
 def _merge(work: Path, out: Path) -> None:
     """Concatenate the tasks' outputs in task order into the published layout."""
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
@@ -314,15 +322,12 @@ def _merge(work: Path, out: Path) -> None:
     (out / "eval").mkdir()
     for dom_dir in sorted((render_dir / "eval").iterdir()):
         with open(out / "eval" / f"{dom_dir.name}_test.jsonl", "wb") as f:
-            for part in sorted(dom_dir.glob("*.jsonl")):
-                f.write(part.read_bytes())
+            _append(f, sorted(dom_dir.glob("*.jsonl")))
     for split in ("train", "heldout"):
         with open(out / f"{split}.jsonl", "wb") as f:
-            for part in sorted((render_dir / "splits").glob(f"{split}.*.jsonl")):
-                f.write(part.read_bytes())
+            _append(f, sorted((render_dir / "splits").glob(f"{split}.*.jsonl")))
     with open(out / "quarantine.jsonl", "wb") as f:
-        for part in sorted((work / "quarantine").glob("*.jsonl")):
-            f.write(part.read_bytes())
+        _append(f, sorted((work / "quarantine").glob("*.jsonl")))
 
 
 def _sum_stats(work: Path, prefix: str) -> list[dict]:
