@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -83,7 +82,7 @@ def all_ranks(counts: Counter, device) -> dict:
 
 def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tcfg, out = cfg.rl, paths.stage("rl")
-    _, world = pdist.init()  # torchrun's or a submitit task's group; none for one process
+    rank, world = pdist.init()  # torchrun's or a submitit task's group; none for one process
     backend = backend_args(cfg, tcfg, world, "rl")  # fails on an unsupported backend before any work
     final = paths.model("rl")
     if (final / "complete").exists() and tcfg.resume != "never":
@@ -98,7 +97,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tok.padding_side = "left"
     model = load_model(init, cfg.model, cfg.backend.dtype)
     dataset, stats = rl_prompts(tok, paths.shards("rl"), tcfg.max_prompt_length)
-    tracker = Tracker(cfg, "rl", out) if int(os.environ.get("RANK", 0)) == 0 else None
+    tracker = Tracker(cfg, "rl", out) if rank == 0 else None
     args = GRPOConfig(**trainer_args(
         cfg, tcfg, out, num_generations=tcfg.num_generations, temperature=tcfg.temperature,
         max_completion_length=tcfg.max_completion_length, beta=tcfg.beta, epsilon=tcfg.epsilon,

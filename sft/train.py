@@ -15,7 +15,6 @@ rendered, and handed to TRL pre-tokenized so the loss mask is ours, not re-deriv
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import datasets
@@ -189,7 +188,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         from pretrain.backends.megatron_train import train_sft
         return train_sft(cfg, paths)
     tcfg, out = cfg.sft, paths.stage("sft")
-    _, world = pdist.init()  # torchrun's or a submitit task's group; none for one process
+    rank, world = pdist.init()  # torchrun's or a submitit task's group; none for one process
     backend = backend_args(cfg, tcfg, world)  # fails on an unsupported backend before any work
     final = paths.model("sft")
     if (final / "complete").exists() and tcfg.resume != "never":
@@ -206,7 +205,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
                                        tcfg.train_history_observations, reasoning)
     if teacher_stats is not None:
         stats["teacher"] = teacher_stats
-    tracker = Tracker(cfg, "sft", out) if int(os.environ.get("RANK", 0)) == 0 else None
+    tracker = Tracker(cfg, "sft", out) if rank == 0 else None
     # Packing is padding-free (position ids restart per sample), so neither attention nor the
     # loss crosses sample boundaries; tests/test_sft_packing.py checks the loss is unchanged.
     args = SFTConfig(**trainer_args(cfg, tcfg, out, max_length=tcfg.max_length,

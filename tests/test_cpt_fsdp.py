@@ -3,34 +3,21 @@ same model as one process taking the same batches by gradient accumulation, and 
 checkpoints resume across world sizes, in both directions with the full (HF) checkpoints."""
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import TINY, free_port
+from tests.conftest import run_cli
 
 # 4 steps with a checkpoint at step 2: the resume tests restart from it
 STEPS = ["cpt.max_steps=4", "cpt.save_every=2", "cpt.warmup_steps=1", "cpt.batch_size=2",
          "backend.num_threads=1"]
-ONE = [sys.executable, "-m", "lwm.cli"]
 
 
-def two():
-    return [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-            f"--master_port={free_port()}", "-m", "lwm.cli"]
-
-
-def _run(cmd, run_dir, *extra, strategy="fsdp"):
-    env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1"}
-    res = subprocess.run([*cmd, "cpt", f"hydra.run.dir={run_dir}", *TINY, *STEPS,
-                          f"backend.strategy={strategy}", *extra],
-                         check=False, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
+def _run(ranks, run_dir, *extra, strategy="fsdp"):
+    res = run_cli("cpt", run_dir, *STEPS, f"backend.strategy={strategy}", *extra, ranks=ranks, timeout=300)
     return res.stdout + res.stderr
 
 
@@ -64,8 +51,8 @@ def runs(prepared_run, tmp_path_factory):
     one, fsdp = root / "one", root / "fsdp"
     shutil.copytree(prepared_run, one)
     shutil.copytree(prepared_run, fsdp)
-    _run(ONE, one, "cpt.grad_accum=2")
-    _run(two(), fsdp, "cpt.grad_accum=1")
+    _run(1, one, "cpt.grad_accum=2")
+    _run(2, fsdp, "cpt.grad_accum=1")
     return one, fsdp
 
 
@@ -84,8 +71,8 @@ def test_fsdp_two_ranks_equal_one_rank_with_accumulation(runs):
 def test_fsdp_checkpoint_resumes_on_any_world_size(runs, tmp_path, ranks, strategy):
     one, fsdp = runs
     run = _killed_after_step_2(fsdp, tmp_path / "run")
-    launch, accum = (ONE, 2) if ranks == 1 else (two(), 1)
-    out = _run(launch, run, f"cpt.grad_accum={accum}", strategy=strategy)
+    accum = 2 if ranks == 1 else 1  # the same global batch either way
+    out = _run(ranks, run, f"cpt.grad_accum={accum}", strategy=strategy)
     assert "resumed from" in out and "step_0000002 (step 2, written by fsdp x2)" in out
     _assert_same(_final(one), _final(run))
 
@@ -93,6 +80,6 @@ def test_fsdp_checkpoint_resumes_on_any_world_size(runs, tmp_path, ranks, strate
 def test_full_checkpoint_resumes_on_fsdp_ranks(runs, tmp_path):
     one, _ = runs
     run = _killed_after_step_2(one, tmp_path / "run")
-    out = _run(two(), run, "cpt.grad_accum=1")
+    out = _run(2, run, "cpt.grad_accum=1")
     assert "step_0000002 (step 2, written by none x1)" in out
     _assert_same(_final(one), _final(run))

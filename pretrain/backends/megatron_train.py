@@ -150,6 +150,7 @@ def _run(cfg, paths, stage: str, tcfg, batches, seq: int, tok, init: str | None,
     from megatron.core.distributed import DistributedDataParallel, finalize_model_grads
     from megatron.core.optimizer import get_megatron_optimizer
     from megatron.core.pipeline_parallel import get_forward_backward_func
+    from megatron.core.utils import get_batch_on_this_cp_rank
 
     from launch import preempt
     from lwm.tracking import Tracker
@@ -236,7 +237,6 @@ def _run(cfg, paths, stage: str, tcfg, batches, seq: int, tok, init: str | None,
     fwd_bwd = get_forward_backward_func()
 
     def forward_step(data_iter, model):
-        from megatron.core.utils import get_batch_on_this_cp_rank
         ids, labels = next(data_iter)
         ids, labels = ids.to(dev), labels.to(dev)
         pos = torch.arange(ids.shape[1], device=dev).unsqueeze(0).expand_as(ids)
