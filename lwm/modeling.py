@@ -11,7 +11,14 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def build_model(mcfg, vocab_size: int, tok=None) -> PreTrainedModel:
-    """A fresh MoE from the model config (no hub access)."""
+    """A fresh MoE from the model config (no hub access). Its vocabulary is the tokenizer's
+    (vocab_size) unless model.vocab_size pads it, as the published layouts and tensor
+    parallelism (rows split over TP ranks) want."""
+    if mcfg.vocab_size:
+        if mcfg.vocab_size < vocab_size:
+            raise ValueError(f"model.vocab_size = {mcfg.vocab_size} is smaller than the tokenizer's "
+                             f"{vocab_size} tokens")
+        vocab_size = mcfg.vocab_size
     common = dict(
         vocab_size=vocab_size, hidden_size=mcfg.hidden_size, num_hidden_layers=mcfg.num_layers,
         num_attention_heads=mcfg.num_heads, num_key_value_heads=mcfg.num_kv_heads,
@@ -33,7 +40,18 @@ def build_model(mcfg, vocab_size: int, tok=None) -> PreTrainedModel:
         cls = Qwen3MoeForCausalLM
     elif mcfg.arch == "qwen3_5_moe":
         from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
-        config = Qwen3_5MoeTextConfig(**common)
+        if mcfg.shared_expert_intermediate_size <= 0:
+            raise ValueError("model.shared_expert_intermediate_size must be > 0 for qwen3_5_moe "
+                             "(every Qwen3.5 MoE layer has a gated shared expert)")
+        common.pop("rope_theta")
+        config = Qwen3_5MoeTextConfig(
+            shared_expert_intermediate_size=mcfg.shared_expert_intermediate_size,
+            full_attention_interval=mcfg.full_attention_interval, linear_conv_kernel_dim=4,
+            linear_num_key_heads=mcfg.linear_num_key_heads, linear_num_value_heads=mcfg.linear_num_value_heads,
+            linear_key_head_dim=mcfg.linear_key_head_dim, linear_value_head_dim=mcfg.linear_value_head_dim,
+            rope_parameters={"rope_type": "default", "rope_theta": mcfg.rope_theta,
+                             "partial_rotary_factor": mcfg.partial_rotary_factor},
+            **common)
         cls = Qwen3_5MoeForCausalLM
     else:
         raise ValueError(f"model.arch: unknown architecture '{mcfg.arch}' (qwen3_moe, qwen3_5_moe)")

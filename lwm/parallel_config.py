@@ -111,6 +111,14 @@ def parallel_plan(mcfg, bcfg, world_size: int) -> ParallelPlan:
     _must_divide(errors, mcfg.num_experts, "model.num_experts", ep, "backend.megatron.expert_parallel")
     _must_divide(errors, mcfg.moe_intermediate_size, "model.moe_intermediate_size", etp,
                  "backend.megatron.expert_tensor_parallel")
+    if mcfg.arch == "qwen3_5_moe":
+        _must_divide(errors, mcfg.linear_num_key_heads, "model.linear_num_key_heads", tp,
+                     "backend.megatron.tensor_parallel")
+        _must_divide(errors, mcfg.linear_num_value_heads, "model.linear_num_value_heads", tp,
+                     "backend.megatron.tensor_parallel")
+        if cp > 1:  # megatron-core's GatedDeltaNet has no context-parallel path yet
+            errors.append("backend.megatron.context_parallel must be 1 for qwen3_5_moe "
+                          "(megatron-core's Gated DeltaNet layers do not split the sequence)")
     stages = pp * max(m.virtual_pipeline_parallel, 1)
     _must_divide(errors, mcfg.num_layers, "model.num_layers", stages,
                  "backend.megatron.pipeline_parallel * virtual_pipeline_parallel")
@@ -119,6 +127,12 @@ def parallel_plan(mcfg, bcfg, world_size: int) -> ParallelPlan:
     # The expert layers fold the same ranks as ETP x EP x expert-DP x PP (MoE parallel folding).
     _must_divide(errors, world_size, "world size (cluster.nodes * cluster.gpus_per_node)", etp * ep * pp,
                  "expert_tensor_parallel * expert_parallel * pipeline_parallel")
+    if ep == 1 and etp != tp and mcfg.num_experts > 0:
+        # megatron-core marks expert weights as dense when EP = 1 and reduces their gradients over
+        # the dense data-parallel group: with ETP != TP that group is not the experts' own and the
+        # gradients come out partial, silently
+        errors.append(f"backend.megatron.expert_tensor_parallel ({etp}) must equal tensor_parallel ({tp}) "
+                      "when expert_parallel = 1")
     if tp > 1 and mcfg.num_experts > 0 and not m.sequence_parallel:
         errors.append("backend.megatron.sequence_parallel must be true when tensor_parallel > 1 with MoE")
     if m.virtual_pipeline_parallel and pp == 1:

@@ -11,7 +11,9 @@ behind its RNG tracker. Rather than patching each call site (which moves with ev
   state) become CPU equivalents;
 - the all-to-all's split sizes reach gloo as lists;
 - megatron 0.16.1's router calls `te_general_gemm` even when Transformer Engine is missing
-  (a NameError); it gets None, which selects the torch matmul fallback.
+  (a NameError); it gets None, which selects the torch matmul fallback;
+- Gated DeltaNet needs flash-linear-attention's Triton kernels (GPU only): its l2norm becomes
+  the torch formula and its chunked delta rule Megatron's own torch implementation.
 The arithmetic is Megatron's own, so losses here are the losses a GPU run computes up to
 floating-point order. A production run never imports this module.
 """
@@ -105,6 +107,11 @@ def enable() -> None:
     logging.getLogger(mrandom.__name__).setLevel(logging.ERROR)
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
+    import megatron.core.ssm.gated_delta_net as gdn
+    if not gdn.HAVE_FLA:
+        gdn.HAVE_FLA = True
+        gdn.l2norm = lambda x, eps=1e-6: x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
+        gdn.chunk_gated_delta_rule = gdn.torch_chunk_gated_delta_rule
     # The all-to-all dispatcher moves its split sizes to the host at a "dtoh" point that the
     # CUDA path uses; here they arrive as tensors, which gloo's binding refuses.
     a2a = torch.distributed.all_to_all_single

@@ -115,6 +115,28 @@ def test_megatron_parallel_sizes_that_do_not_divide_name_the_fields():
     assert (ok.dp, ok.expert_dp, ok.num_local_experts) == (4, 2, 2)
 
 
+def test_megatron_layouts_that_train_wrongly_are_refused():
+    m = ModelConfig(num_heads=4, num_kv_heads=2, num_experts=8)
+    # EP 1 with ETP != TP: Megatron would reduce the expert gradients over the dense DP group
+    with pytest.raises(ValueError, match=r"expert_tensor_parallel \(1\) must equal tensor_parallel \(2\)"):
+        parallel_plan(m, backend("megatron", megatron__tensor_parallel=2, megatron__sequence_parallel=True),
+                      world_size=2)
+    for ok in ({"megatron__expert_tensor_parallel": 2}, {"megatron__expert_parallel": 2}):
+        parallel_plan(m, backend("megatron", megatron__tensor_parallel=2, megatron__sequence_parallel=True, **ok),
+                      world_size=2)
+    hybrid = ModelConfig(arch="qwen3_5_moe", num_heads=4, num_kv_heads=2, num_experts=8,
+                         linear_num_key_heads=2, linear_num_value_heads=6, shared_expert_intermediate_size=64)
+    with pytest.raises(ValueError) as err:
+        parallel_plan(hybrid, backend("megatron", megatron__tensor_parallel=4, megatron__sequence_parallel=True,
+                                      megatron__expert_tensor_parallel=4, megatron__context_parallel=2),
+                      world_size=8)
+    for piece in ("model.num_kv_heads = 2 is not divisible by backend.megatron.tensor_parallel = 4",
+                  "model.linear_num_key_heads = 2 is not divisible",
+                  "model.linear_num_value_heads = 6 is not divisible",
+                  "context_parallel must be 1 for qwen3_5_moe"):
+        assert piece in str(err.value)
+
+
 def test_preset_35b_plan_on_8xh100():
     cfg = compose_cfg("model=qwen3_5_35b_a3b", "backend=megatron", "cluster=slurm_8xh100")
     world = world_size_of(cfg.cluster)
@@ -124,6 +146,7 @@ def test_preset_35b_plan_on_8xh100():
     assert tc.num_moe_experts == 256 and tc.moe_router_topk == 8 and tc.num_layers == 40
     assert tc.experimental_attention_variant == "gated_delta_net" and tc.linear_attention_freq == 4
     assert tc.moe_shared_expert_intermediate_size == 512 and tc.moe_shared_expert_gate
+    assert tc.layernorm_zero_centered_gamma and tc.attention_output_gate
     assert tc.recompute_granularity == "full" and tc.bf16
 
 

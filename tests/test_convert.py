@@ -1,6 +1,7 @@
-"""HF <-> Megatron conversion of the tiny Qwen3-MoE: every tensor, every expert, round trips
-bit-exactly; a missing expert is refused; the command-line converter round trips a saved
-checkpoint to identical logits."""
+"""HF <-> Megatron conversion of the tiny Qwen3-MoE and Qwen3.5-MoE: every tensor, every expert,
+round trips bit-exactly; a missing expert is refused; the command-line converter round trips a
+saved checkpoint to identical logits. (That the converted weights compute the HF logits in
+Megatron is tests/test_backend_megatron.py.)"""
 
 from __future__ import annotations
 
@@ -9,11 +10,24 @@ import torch
 from safetensors.torch import load_file
 
 from lwm.config import ModelConfig
-from lwm.convert import Qwen3MoeLayout, expert_tensor_count, hf_to_megatron, main, megatron_to_hf
+from lwm.convert import (
+    Qwen3MoeLayout,
+    Qwen35MoeLayout,
+    expert_tensor_count,
+    hf_to_megatron,
+    layout_for_model,
+    main,
+    megatron_to_hf,
+)
 from lwm.modeling import build_model
 
 MCFG = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                    intermediate_size=128, moe_intermediate_size=64, num_experts=4)
+# 3 Gated DeltaNet layers (2 key heads shared by 4 value heads) then one gated-attention layer
+Q35 = ModelConfig(arch="qwen3_5_moe", hidden_size=64, num_layers=4, num_heads=4, num_kv_heads=2, head_dim=16,
+                  intermediate_size=128, moe_intermediate_size=32, num_experts=4, shared_expert_intermediate_size=48,
+                  linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=8,
+                  partial_rotary_factor=0.25, tie_word_embeddings=False)
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +106,84 @@ def test_command_line_round_trip_same_logits(hf_model, tmp_path):
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_qwen3_5_is_refused_by_name():
-    with pytest.raises(NotImplementedError, match="qwen3_5_moe"):
-        Qwen3MoeLayout.from_model_config(ModelConfig(arch="qwen3_5_moe"))
+def test_the_adapter_follows_the_arch():
+    assert isinstance(layout_for_model(MCFG), Qwen3MoeLayout)
+    assert isinstance(layout_for_model(Q35), Qwen35MoeLayout)
+    with pytest.raises(ValueError, match="qwen3_5_moe"):
+        Qwen3MoeLayout.from_model_config(Q35)
+    with pytest.raises(NotImplementedError, match="llama"):
+        layout_for_model(ModelConfig(arch="llama"))
+
+
+@pytest.fixture(scope="module")
+def q35_state():
+    torch.manual_seed(0)
+    sd = _randomised(build_model(Q35, 512).state_dict())
+    # the DeltaNet output norm is a plain RMSNorm, its weights near one as in trained checkpoints
+    return {k: 1 + 0.1 * v if k.endswith("linear_attn.norm.weight") else v for k, v in sd.items()}
+
+
+@pytest.mark.parametrize("layout", ["sequential", "te_grouped"])
+def test_qwen3_5_round_trip_every_tensor_every_expert(q35_state, layout):
+    sd, L = q35_state, layout_for_model(Q35)
+    assert L.layer_types == ["linear_attention"] * 3 + ["full_attention"]
+    mg = hf_to_megatron(sd, L, layout)
+    assert expert_tensor_count(mg) == 4 * 4 * 2
+    experts = [v for k, v in mg.items() if "experts" in k and "shared" not in k]
+    assert len(experts) == 32 and len({t.sum().item() for t in experts}) == 32
+    # in_proj = [q, k, v, z, beta, alpha]: 2 * 2 * 16 + 2 * 4 * 8 + 2 * 4 rows
+    assert mg["decoder.layers.0.self_attention.in_proj.weight"].shape == (136, 64)
+    assert mg["decoder.layers.3.self_attention.linear_qkv.weight"].shape == ((2 * 4 + 2 * 2) * 16, 64)
+    back = megatron_to_hf(mg, L, layout)
+    assert set(back) == set(sd)
+    for k in sd:
+        assert torch.equal(back[k], sd[k]), k
+    per = megatron_to_hf(mg, L, layout, per_expert=True)
+    again = hf_to_megatron(per, L, layout)
+    assert set(again) == set(mg) and all(torch.equal(again[k], mg[k]) for k in mg)
+
+
+def test_qwen3_5_layouts_megatron_expects(q35_state):
+    sd, L = q35_state, layout_for_model(Q35)
+    mg = hf_to_megatron(sd, L)
+    # gated attention: per KV group, its query heads, then their output gates, then k, then v
+    qkv = mg["decoder.layers.3.self_attention.linear_qkv.weight"].view(2, 6, 16, 64)
+    q = sd["model.layers.3.self_attn.q_proj.weight"].view(4, 2, 16, 64)  # per head: query rows, gate rows
+    k = sd["model.layers.3.self_attn.k_proj.weight"].view(2, 16, 64)
+    v = sd["model.layers.3.self_attn.v_proj.weight"].view(2, 16, 64)
+    for g in range(2):
+        assert torch.equal(qkv[g, :2], q[2 * g:2 * g + 2, 0]) and torch.equal(qkv[g, 2:4], q[2 * g:2 * g + 2, 1])
+        assert torch.equal(qkv[g, 4], k[g]) and torch.equal(qkv[g, 5], v[g])
+    a = "model.layers.1.linear_attn."
+    in_proj = mg["decoder.layers.1.self_attention.in_proj.weight"]
+    assert torch.equal(in_proj, torch.cat([sd[a + f"in_proj_{p}.weight"] for p in ("qkv", "z", "b", "a")]))
+    assert torch.equal(mg["decoder.layers.1.self_attention.out_norm.weight"], sd[a + "norm.weight"] - 1)
+    shared = mg["decoder.layers.1.mlp.shared_experts.linear_fc1.weight"]
+    assert torch.equal(shared[:48], sd["model.layers.1.mlp.shared_expert.gate_proj.weight"])
+
+
+def test_qwen3_5_reads_the_released_vision_language_layout(q35_state):
+    """Released Qwen3.5 checkpoints keep the text model under model.language_model. next to
+    vision and multi-token-prediction weights, which the text model has no place for."""
+    L = layout_for_model(Q35)
+    vl = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v
+          for k, v in q35_state.items()}
+    vl["model.visual.patch_embed.proj.weight"] = torch.zeros(4)
+    vl["mtp.fc.weight"] = torch.zeros(4)
+    a, b = hf_to_megatron(q35_state, L), hf_to_megatron(vl, L)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_qwen3_5_command_line_round_trip_same_logits(q35_state, tmp_path):
+    torch.manual_seed(0)
+    model = build_model(Q35, 512).eval()
+    model.load_state_dict(q35_state)
+    src, mc, dst = tmp_path / "hf", tmp_path / "mcore.safetensors", tmp_path / "hf_back"
+    model.save_pretrained(src, safe_serialization=True)
+    main(["hf2mcore", str(src), str(mc)])
+    main(["mcore2hf", str(mc), str(src), str(dst)])
+    from transformers import AutoModelForCausalLM
+    back = AutoModelForCausalLM.from_pretrained(str(dst)).eval()
+    ids = torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(model(ids).logits, back(ids).logits)

@@ -32,15 +32,15 @@ class Qwen3MoeLayout:
     tie_word_embeddings: bool
 
     @classmethod
-    def from_model_config(cls, mcfg) -> "Qwen3MoeLayout":
+    def from_model_config(cls, mcfg) -> Qwen3MoeLayout:
         if mcfg.arch != "qwen3_moe":
-            raise NotImplementedError(f"model.arch = '{mcfg.arch}': the state-dict adapter covers qwen3_moe; "
-                                      "qwen3_5_moe's Gated DeltaNet layers are not mapped yet")
+            raise ValueError(f"model.arch = '{mcfg.arch}': Qwen3MoeLayout is for qwen3_moe "
+                             "(lwm.convert.layout_for_model picks the adapter by arch)")
         return cls(mcfg.num_layers, mcfg.num_heads, mcfg.num_kv_heads, mcfg.head_dim, mcfg.num_experts,
                    mcfg.tie_word_embeddings)
 
     @classmethod
-    def from_hf_config(cls, c) -> "Qwen3MoeLayout":
+    def from_hf_config(cls, c) -> Qwen3MoeLayout:
         return cls(c.num_hidden_layers, c.num_attention_heads, c.num_key_value_heads,
                    getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
                    c.num_experts, bool(c.tie_word_embeddings))
@@ -104,32 +104,21 @@ def _mcore_expert_keys(layer: str, e: int, layout: str) -> tuple[str, str]:
 
 
 def hf_to_megatron(sd: dict, L: Qwen3MoeLayout, expert_layout: str = "sequential") -> dict:
-    out = {"embedding.word_embeddings.weight": sd["model.embed_tokens.weight"],
-           "decoder.final_layernorm.weight": sd["model.norm.weight"]}
-    if not L.tie_word_embeddings:
-        out["output_layer.weight"] = sd["lm_head.weight"]
+    out = ends_to_megatron(sd, L)
     for i in range(L.num_layers):
         h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
         for src, dst in _LAYER_RENAMES.items():
             out[m + dst] = sd[h + src]
         out[m + "self_attention.linear_qkv.weight"] = _fuse_qkv(
             sd[h + "self_attn.q_proj.weight"], sd[h + "self_attn.k_proj.weight"], sd[h + "self_attn.v_proj.weight"], L)
-        gate_up, down = _hf_experts(sd, h, L)
-        for e in range(L.num_experts):
-            fc1, fc2 = _mcore_expert_keys(m, e, expert_layout)
-            out[fc1], out[fc2] = gate_up[e].contiguous(), down[e].contiguous()
+        experts_to_megatron(out, sd, h, m, L, expert_layout)
     _check_expert_count(out, L, "megatron")
     return out
 
 
 def megatron_to_hf(sd: dict, L: Qwen3MoeLayout, expert_layout: str = "sequential",
                    per_expert: bool = False) -> dict:
-    sd = {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
-    _check_expert_count(sd, L, "megatron")
-    out = {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"],
-           "model.norm.weight": sd["decoder.final_layernorm.weight"],
-           "lm_head.weight": sd["embedding.word_embeddings.weight"] if L.tie_word_embeddings
-           else sd["output_layer.weight"]}
+    sd, out = ends_to_hf(sd, L)
     for i in range(L.num_layers):
         h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
         for src, dst in _LAYER_RENAMES.items():
@@ -137,18 +126,51 @@ def megatron_to_hf(sd: dict, L: Qwen3MoeLayout, expert_layout: str = "sequential
         q, k, v = _split_qkv(sd[m + "self_attention.linear_qkv.weight"], L)
         out[h + "self_attn.q_proj.weight"], out[h + "self_attn.k_proj.weight"] = q, k
         out[h + "self_attn.v_proj.weight"] = v
-        fc1 = [sd[_mcore_expert_keys(m, e, expert_layout)[0]] for e in range(L.num_experts)]
-        fc2 = [sd[_mcore_expert_keys(m, e, expert_layout)[1]] for e in range(L.num_experts)]
-        if per_expert:
-            for e in range(L.num_experts):
-                gate, up = fc1[e].chunk(2, dim=0)
-                out[h + f"mlp.experts.{e}.gate_proj.weight"] = gate.contiguous()
-                out[h + f"mlp.experts.{e}.up_proj.weight"] = up.contiguous()
-                out[h + f"mlp.experts.{e}.down_proj.weight"] = fc2[e]
-        else:
-            out[h + "mlp.experts.gate_up_proj"] = torch.stack(fc1)
-            out[h + "mlp.experts.down_proj"] = torch.stack(fc2)
+        experts_to_hf(out, sd, h, m, L, expert_layout, per_expert)
     return out
+
+
+def ends_to_megatron(sd: dict, L) -> dict:
+    """Embedding, final norm and (untied) output layer, HF -> Megatron."""
+    out = {"embedding.word_embeddings.weight": sd["model.embed_tokens.weight"],
+           "decoder.final_layernorm.weight": sd["model.norm.weight"]}
+    if not L.tie_word_embeddings:
+        out["output_layer.weight"] = sd["lm_head.weight"]
+    return out
+
+
+def ends_to_hf(sd: dict, L) -> tuple[dict, dict]:
+    """A Megatron state dict without TE's _extra_state entries (its experts counted), and the
+    HF embedding, final norm and lm_head from it."""
+    sd = {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
+    _check_expert_count(sd, L, "megatron")
+    return sd, {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"],
+                "model.norm.weight": sd["decoder.final_layernorm.weight"],
+                "lm_head.weight": sd["embedding.word_embeddings.weight"] if L.tie_word_embeddings
+                else sd["output_layer.weight"]}
+
+
+def experts_to_megatron(out: dict, sd: dict, h: str, m: str, L, expert_layout: str) -> None:
+    """One layer's routed experts, HF (layer prefix h) -> Megatron (layer prefix m), into out."""
+    gate_up, down = _hf_experts(sd, h, L)
+    for e in range(L.num_experts):
+        fc1, fc2 = _mcore_expert_keys(m, e, expert_layout)
+        out[fc1], out[fc2] = gate_up[e].contiguous(), down[e].contiguous()
+
+
+def experts_to_hf(out: dict, sd: dict, h: str, m: str, L, expert_layout: str, per_expert: bool) -> None:
+    """One layer's routed experts, Megatron -> HF (fused, or one tensor per expert), into out."""
+    fc1 = [sd[_mcore_expert_keys(m, e, expert_layout)[0]] for e in range(L.num_experts)]
+    fc2 = [sd[_mcore_expert_keys(m, e, expert_layout)[1]] for e in range(L.num_experts)]
+    if per_expert:
+        for e in range(L.num_experts):
+            gate, up = fc1[e].chunk(2, dim=0)
+            out[h + f"mlp.experts.{e}.gate_proj.weight"] = gate.contiguous()
+            out[h + f"mlp.experts.{e}.up_proj.weight"] = up.contiguous()
+            out[h + f"mlp.experts.{e}.down_proj.weight"] = fc2[e]
+    else:
+        out[h + "mlp.experts.gate_up_proj"] = torch.stack(fc1)
+        out[h + "mlp.experts.down_proj"] = torch.stack(fc2)
 
 
 def expert_tensor_count(sd: dict) -> int:

@@ -65,7 +65,8 @@ def transformer_config(mcfg, bcfg, use_cpu_initialization: bool = False):
                   moe_shared_expert_gate=True)  # Qwen3.5's shared expert is sigmoid-gated
     if mcfg.arch == "qwen3_5_moe":
         # Gated DeltaNet linear attention, with full gated attention every Nth layer.
-        kw.update(experimental_attention_variant="gated_delta_net",
+        # Its norms (q/k and the DeltaNet output norm included) are zero-centred RMSNorms.
+        kw.update(experimental_attention_variant="gated_delta_net", layernorm_zero_centered_gamma=True,
                   linear_attention_freq=mcfg.full_attention_interval, attention_output_gate=True,
                   linear_conv_kernel_dim=4, linear_key_head_dim=mcfg.linear_key_head_dim,
                   linear_value_head_dim=mcfg.linear_value_head_dim,
@@ -78,9 +79,13 @@ def transformer_config(mcfg, bcfg, use_cpu_initialization: bool = False):
 
 def layer_spec(tc, mcfg, use_te: bool):
     """Transformer Engine layers on GPUs; torch-only ('local') layers otherwise, where the
-    experts are one MLP each (SequentialMLP), since grouped GEMM needs TE."""
+    experts are one MLP each (SequentialMLP), since grouped GEMM needs TE. Qwen3.5's hybrid
+    block without TE comes from megatron_layers (Megatron's own spec for it requires TE)."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
     if mcfg.arch == "qwen3_5_moe":
+        if not use_te:
+            from pretrain.backends.megatron_layers import hybrid_block_spec
+            return hybrid_block_spec(tc)
         from megatron.core.models.gpt.experimental_attention_variant_module_specs import (
             get_transformer_block_with_experimental_attention_variant_spec)
         return get_transformer_block_with_experimental_attention_variant_spec(tc)

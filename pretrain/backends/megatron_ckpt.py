@@ -46,8 +46,8 @@ def _one_rank_model(cfg, vocab: int):
 
 
 def _layout(cfg):
-    from lwm.convert import Qwen3MoeLayout
-    return Qwen3MoeLayout.from_model_config(cfg.model)
+    from lwm.convert import layout_for_model
+    return layout_for_model(cfg.model)
 
 
 def import_hf(cfg, src: Path | None, dst: Path, vocab: int, paths) -> None:
