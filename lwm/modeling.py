@@ -11,7 +11,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def build_model(mcfg, vocab_size: int, tok=None) -> PreTrainedModel:
-    """A fresh MoE from the model config (no hub access). Its vocabulary is the tokenizer's
+    """A fresh MoE from the model config (no hub access)."""
+    config, cls = build_config(mcfg, vocab_size, tok)
+    model = cls(config)
+    _set_experts_impl(model, mcfg.experts_implementation)
+    return model
+
+
+def build_config(mcfg, vocab_size: int, tok=None):
+    """(HF config, model class) for the model config. Its vocabulary is the tokenizer's
     (vocab_size) unless model.vocab_size pads it, as the published layouts and tensor
     parallelism (rows split over TP ranks) want."""
     if mcfg.vocab_size:
@@ -56,9 +64,7 @@ def build_model(mcfg, vocab_size: int, tok=None) -> PreTrainedModel:
     else:
         raise ValueError(f"model.arch: unknown architecture '{mcfg.arch}' (qwen3_moe, qwen3_5_moe)")
     config._attn_implementation = mcfg.attn_implementation
-    model = cls(config)
-    _set_experts_impl(model, mcfg.experts_implementation)
-    return model
+    return config, cls
 
 
 def _set_experts_impl(model, impl: str) -> None:

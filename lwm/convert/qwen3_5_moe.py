@@ -20,17 +20,12 @@ prediction ('mtp.') weights have no place in the text model and are left out, by
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 
-from lwm.convert.qwen3_moe import (
-    _check_expert_count,
-    ends_to_hf,
-    ends_to_megatron,
-    experts_to_hf,
-    experts_to_megatron,
-)
+from lwm.convert.qwen3_moe import experts_to_hf, experts_to_megatron
 
 LINEAR, FULL = "linear_attention", "full_attention"
 DROPPED_PREFIXES = ("model.visual.", "mtp.")
@@ -101,15 +96,31 @@ _LINEAR = {
 }
 
 
-def text_weights(sd: dict) -> dict:
+class _Renamed(Mapping):
+    """A read-only view of a state dict under other names: tensors are fetched only when read,
+    so a lazily loaded checkpoint stays lazy."""
+
+    def __init__(self, sd, names: dict[str, str]):
+        self._sd, self._names = sd, names
+
+    def __getitem__(self, key):
+        return self._sd[self._names[key]]
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self):
+        return len(self._names)
+
+
+def hf_view(sd):
     """The causal-LM text weights of an HF state dict, from either the text-only or the
-    vision-language checkpoint layout."""
-    out = {}
-    for k, v in sd.items():
-        if k.startswith(DROPPED_PREFIXES):
-            continue
-        out["model." + k[len("model.language_model."):] if k.startswith("model.language_model.") else k] = v
-    return out
+    vision-language checkpoint layout, under the text-only names."""
+    names = {}
+    for k in sd:
+        if not k.startswith(DROPPED_PREFIXES):
+            names["model." + k[len("model.language_model."):] if k.startswith("model.language_model.") else k] = k
+    return _Renamed(sd, names)
 
 
 def _fuse_gated_qkv(q_and_gate, k, v, L: Qwen35MoeLayout) -> torch.Tensor:
@@ -128,49 +139,41 @@ def _split_gated_qkv(qkv, L: Qwen35MoeLayout):
     return q_and_gate.reshape(-1, hidden), k.reshape(-1, hidden), v.reshape(-1, hidden)
 
 
-def hf_to_megatron(sd: dict, L: Qwen35MoeLayout, expert_layout: str = "sequential") -> dict:
-    sd = text_weights(sd)
-    out = ends_to_megatron(sd, L)
-    for i, kind in enumerate(L.layer_types):
-        h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for src, dst in {**_COMMON, **(_FULL if kind == FULL else _LINEAR)}.items():
-            out[m + dst] = sd[h + src]
-        out[m + "mlp.shared_experts.linear_fc1.weight"] = torch.cat(
-            [sd[h + "mlp.shared_expert.gate_proj.weight"], sd[h + "mlp.shared_expert.up_proj.weight"]])
-        if kind == FULL:
-            out[m + "self_attention.linear_qkv.weight"] = _fuse_gated_qkv(
-                sd[h + "self_attn.q_proj.weight"], sd[h + "self_attn.k_proj.weight"],
-                sd[h + "self_attn.v_proj.weight"], L)
-        else:
-            a = h + "linear_attn."
-            out[m + "self_attention.in_proj.weight"] = torch.cat(
-                [sd[a + "in_proj_qkv.weight"], sd[a + "in_proj_z.weight"], sd[a + "in_proj_b.weight"],
-                 sd[a + "in_proj_a.weight"]])
-            out[m + "self_attention.out_norm.weight"] = sd[a + "norm.weight"] - 1
-        experts_to_megatron(out, sd, h, m, L, expert_layout)
-    _check_expert_count(out, L, "megatron")
+def layer_to_megatron(sd, L: Qwen35MoeLayout, i: int, expert_layout: str = "sequential") -> dict:
+    """Decoder layer i, HF -> Megatron (full tensors)."""
+    kind, h, m = L.layer_types[i], f"model.layers.{i}.", f"decoder.layers.{i}."
+    out = {m + dst: sd[h + src] for src, dst in {**_COMMON, **(_FULL if kind == FULL else _LINEAR)}.items()}
+    out[m + "mlp.shared_experts.linear_fc1.weight"] = torch.cat(
+        [sd[h + "mlp.shared_expert.gate_proj.weight"], sd[h + "mlp.shared_expert.up_proj.weight"]])
+    if kind == FULL:
+        out[m + "self_attention.linear_qkv.weight"] = _fuse_gated_qkv(
+            sd[h + "self_attn.q_proj.weight"], sd[h + "self_attn.k_proj.weight"], sd[h + "self_attn.v_proj.weight"], L)
+    else:
+        a = h + "linear_attn."
+        out[m + "self_attention.in_proj.weight"] = torch.cat(
+            [sd[a + f"in_proj_{p}.weight"] for p in ("qkv", "z", "b", "a")])
+        out[m + "self_attention.out_norm.weight"] = sd[a + "norm.weight"] - 1
+    experts_to_megatron(out, sd, h, m, L, expert_layout)
     return out
 
 
-def megatron_to_hf(sd: dict, L: Qwen35MoeLayout, expert_layout: str = "sequential",
-                   per_expert: bool = False) -> dict:
-    sd, out = ends_to_hf(sd, L)
-    for i, kind in enumerate(L.layer_types):
-        h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for src, dst in {**_COMMON, **(_FULL if kind == FULL else _LINEAR)}.items():
-            out[h + src] = sd[m + dst]
-        gate, up = sd[m + "mlp.shared_experts.linear_fc1.weight"].chunk(2, dim=0)
-        out[h + "mlp.shared_expert.gate_proj.weight"] = gate.contiguous()
-        out[h + "mlp.shared_expert.up_proj.weight"] = up.contiguous()
-        if kind == FULL:
-            q, k, v = _split_gated_qkv(sd[m + "self_attention.linear_qkv.weight"], L)
-            out[h + "self_attn.q_proj.weight"], out[h + "self_attn.k_proj.weight"] = q, k
-            out[h + "self_attn.v_proj.weight"] = v
-        else:
-            a = h + "linear_attn."
-            qkv, z, b, alpha = sd[m + "self_attention.in_proj.weight"].split(L.in_proj_split, dim=0)
-            out[a + "in_proj_qkv.weight"], out[a + "in_proj_z.weight"] = qkv.contiguous(), z.contiguous()
-            out[a + "in_proj_b.weight"], out[a + "in_proj_a.weight"] = b.contiguous(), alpha.contiguous()
-            out[a + "norm.weight"] = sd[m + "self_attention.out_norm.weight"] + 1
-        experts_to_hf(out, sd, h, m, L, expert_layout, per_expert)
+def layer_to_hf(sd, L: Qwen35MoeLayout, i: int, expert_layout: str = "sequential",
+                per_expert: bool = False) -> dict:
+    """Decoder layer i, Megatron -> HF (full tensors)."""
+    kind, h, m = L.layer_types[i], f"model.layers.{i}.", f"decoder.layers.{i}."
+    out = {h + src: sd[m + dst] for src, dst in {**_COMMON, **(_FULL if kind == FULL else _LINEAR)}.items()}
+    gate, up = sd[m + "mlp.shared_experts.linear_fc1.weight"].chunk(2, dim=0)
+    out[h + "mlp.shared_expert.gate_proj.weight"] = gate.contiguous()
+    out[h + "mlp.shared_expert.up_proj.weight"] = up.contiguous()
+    if kind == FULL:
+        q, k, v = _split_gated_qkv(sd[m + "self_attention.linear_qkv.weight"], L)
+        out[h + "self_attn.q_proj.weight"], out[h + "self_attn.k_proj.weight"] = q, k
+        out[h + "self_attn.v_proj.weight"] = v
+    else:
+        a = h + "linear_attn."
+        parts = sd[m + "self_attention.in_proj.weight"].split(L.in_proj_split, dim=0)
+        for p, t in zip(("qkv", "z", "b", "a"), parts):
+            out[a + f"in_proj_{p}.weight"] = t.contiguous()
+        out[a + "norm.weight"] = sd[m + "self_attention.out_norm.weight"] + 1
+    experts_to_hf(out, sd, h, m, L, expert_layout, per_expert)
     return out

@@ -103,30 +103,30 @@ def _mcore_expert_keys(layer: str, e: int, layout: str) -> tuple[str, str]:
     raise ValueError(f"expert layout '{layout}': expected one of {EXPERT_LAYOUTS}")
 
 
-def hf_to_megatron(sd: dict, L: Qwen3MoeLayout, expert_layout: str = "sequential") -> dict:
-    out = ends_to_megatron(sd, L)
-    for i in range(L.num_layers):
-        h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for src, dst in _LAYER_RENAMES.items():
-            out[m + dst] = sd[h + src]
-        out[m + "self_attention.linear_qkv.weight"] = _fuse_qkv(
-            sd[h + "self_attn.q_proj.weight"], sd[h + "self_attn.k_proj.weight"], sd[h + "self_attn.v_proj.weight"], L)
-        experts_to_megatron(out, sd, h, m, L, expert_layout)
-    _check_expert_count(out, L, "megatron")
+def hf_view(sd):
+    """The HF names this adapter reads (Qwen3-MoE checkpoints hold nothing else)."""
+    return sd
+
+
+def layer_to_megatron(sd, L: Qwen3MoeLayout, i: int, expert_layout: str = "sequential") -> dict:
+    """Decoder layer i, HF -> Megatron (full tensors)."""
+    h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
+    out = {m + dst: sd[h + src] for src, dst in _LAYER_RENAMES.items()}
+    out[m + "self_attention.linear_qkv.weight"] = _fuse_qkv(
+        sd[h + "self_attn.q_proj.weight"], sd[h + "self_attn.k_proj.weight"], sd[h + "self_attn.v_proj.weight"], L)
+    experts_to_megatron(out, sd, h, m, L, expert_layout)
     return out
 
 
-def megatron_to_hf(sd: dict, L: Qwen3MoeLayout, expert_layout: str = "sequential",
-                   per_expert: bool = False) -> dict:
-    sd, out = ends_to_hf(sd, L)
-    for i in range(L.num_layers):
-        h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for src, dst in _LAYER_RENAMES.items():
-            out[h + src] = sd[m + dst]
-        q, k, v = _split_qkv(sd[m + "self_attention.linear_qkv.weight"], L)
-        out[h + "self_attn.q_proj.weight"], out[h + "self_attn.k_proj.weight"] = q, k
-        out[h + "self_attn.v_proj.weight"] = v
-        experts_to_hf(out, sd, h, m, L, expert_layout, per_expert)
+def layer_to_hf(sd, L: Qwen3MoeLayout, i: int, expert_layout: str = "sequential",
+                per_expert: bool = False) -> dict:
+    """Decoder layer i, Megatron -> HF (full tensors)."""
+    h, m = f"model.layers.{i}.", f"decoder.layers.{i}."
+    out = {h + src: sd[m + dst] for src, dst in _LAYER_RENAMES.items()}
+    q, k, v = _split_qkv(sd[m + "self_attention.linear_qkv.weight"], L)
+    out[h + "self_attn.q_proj.weight"], out[h + "self_attn.k_proj.weight"] = q, k
+    out[h + "self_attn.v_proj.weight"] = v
+    experts_to_hf(out, sd, h, m, L, expert_layout, per_expert)
     return out
 
 
@@ -139,15 +139,12 @@ def ends_to_megatron(sd: dict, L) -> dict:
     return out
 
 
-def ends_to_hf(sd: dict, L) -> tuple[dict, dict]:
-    """A Megatron state dict without TE's _extra_state entries (its experts counted), and the
-    HF embedding, final norm and lm_head from it."""
-    sd = {k: v for k, v in sd.items() if not k.endswith("_extra_state")}
-    _check_expert_count(sd, L, "megatron")
-    return sd, {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"],
-                "model.norm.weight": sd["decoder.final_layernorm.weight"],
-                "lm_head.weight": sd["embedding.word_embeddings.weight"] if L.tie_word_embeddings
-                else sd["output_layer.weight"]}
+def ends_to_hf(sd, L) -> dict:
+    """Embedding, final norm and lm_head, Megatron -> HF."""
+    return {"model.embed_tokens.weight": sd["embedding.word_embeddings.weight"],
+            "model.norm.weight": sd["decoder.final_layernorm.weight"],
+            "lm_head.weight": sd["embedding.word_embeddings.weight"] if L.tie_word_embeddings
+            else sd["output_layer.weight"]}
 
 
 def experts_to_megatron(out: dict, sd: dict, h: str, m: str, L, expert_layout: str) -> None:
@@ -185,9 +182,11 @@ def expert_tensor_count(sd: dict) -> int:
     return n
 
 
-def _check_expert_count(sd: dict, L: Qwen3MoeLayout, side: str) -> None:
-    want = 2 * L.num_experts * L.num_layers
+def check_expert_count(sd, L, side: str, layers: int | None = None) -> None:
+    """Every expert of `layers` layers (default: all) is in sd, as Megatron's fc1/fc2 pairs."""
+    layers = L.num_layers if layers is None else layers
+    want = 2 * L.num_experts * layers
     got = expert_tensor_count(sd)
     if got != want:
         raise ValueError(f"{side} state dict holds {got} expert tensors, expected {want} "
-                         f"({L.num_layers} layers x {L.num_experts} experts x fc1/fc2)")
+                         f"({layers} layers x {L.num_experts} experts x fc1/fc2)")

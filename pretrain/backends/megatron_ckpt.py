@@ -17,6 +17,7 @@ import|export CONFIG.yaml SRC DST`), so the job's parallel state is left alone.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import logging
 import os
@@ -31,7 +32,9 @@ log = logging.getLogger("lwm.cpt.megatron")
 _JOB_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
-def _one_rank_model(cfg, vocab: int):
+def _one_rank_model(cfg, vocab: int, meta: bool):
+    """The unsharded model in the run's dtype; on the meta device (no memory) when its weights
+    are about to be assigned or allocated anyway."""
     from pretrain.backends import dist as pdist
     from pretrain.backends import megatron as mg
     pdist.init(always=True)
@@ -42,7 +45,8 @@ def _one_rank_model(cfg, vocab: int):
     m.virtual_pipeline_parallel = 0
     m.sequence_parallel, m.grouped_gemm = False, False
     mg.initialize_parallel(b, cfg.seed)
-    return mg.build_model(cfg.model, b, vocab, cfg.data.seq_len, use_te=False, cpu_init=True)
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        return mg.build_model(cfg.model, b, vocab, cfg.data.seq_len, use_te=False, cpu_init=True)
 
 
 def _layout(cfg):
@@ -50,25 +54,30 @@ def _layout(cfg):
     return layout_for_model(cfg.model)
 
 
+def _unfilled(model) -> list[str]:
+    return [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+
+
 def import_hf(cfg, src: Path | None, dst: Path, vocab: int, paths) -> None:
-    """Write the run's starting weights (HF) as a Megatron dist checkpoint at dst."""
+    """Write the run's starting weights (HF) as a Megatron dist checkpoint at dst. The HF
+    tensors are read and converted a layer at a time and become the model's weights as they
+    are (no copy), so the peak is about one copy of the model in the run's dtype."""
     from megatron.core import dist_checkpointing
 
-    from lwm.convert import hf_to_megatron
-    from lwm.modeling import load_model
+    from lwm.convert import SafetensorsDir, iter_hf_to_megatron
     from lwm.tokenizer import load_tokenizer
+    from pretrain.backends.megatron import DTYPES
     from pretrain.train import initial_model
-    if src is not None:
-        hf = load_model(src, cfg.model, "float32")
-    else:  # a fresh model from config, saved as the run's 'init' stage as the hf loop does
-        hf = initial_model(cfg, load_tokenizer(cfg.data.tokenizer or paths.prepared / "tokenizer"), paths)
-    model = _one_rank_model(cfg, vocab)
-    state = hf_to_megatron({k: v.float() for k, v in hf.state_dict().items()}, _layout(cfg))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("_extra_state")]
+    if src is None:  # a fresh model from config, saved as the run's 'init' stage as the hf loop does
+        initial_model(cfg, load_tokenizer(cfg.data.tokenizer or paths.prepared / "tokenizer"), paths)
+        src = paths.model("init")
+    model = _one_rank_model(cfg, vocab, meta=True)
+    unexpected = []
+    for piece in iter_hf_to_megatron(SafetensorsDir(src, DTYPES[cfg.backend.dtype]), _layout(cfg)):
+        unexpected += model.load_state_dict(piece, strict=False, assign=True).unexpected_keys
+    missing = [k for k in _unfilled(model) if not k.endswith("_extra_state")]
     if missing or unexpected:
-        raise RuntimeError(f"megatron import from {src or 'a fresh model'}: missing {missing[:5]}, "
-                           f"unexpected {unexpected[:5]}")
+        raise RuntimeError(f"megatron import from {src}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -76,29 +85,38 @@ def import_hf(cfg, src: Path | None, dst: Path, vocab: int, paths) -> None:
     tmp.rename(dst)
 
 
-def export_hf(cfg, src: Path, dst: Path, vocab: int, tokenizer_dir: Path) -> None:
-    """Gather the dist checkpoint at src into an HF safetensors checkpoint at dst."""
+def export_hf(cfg, src: Path, dst: Path, vocab: int, tokenizer_dir: Path,
+              max_shard_bytes: int = 5 * 2**30) -> None:
+    """Gather the dist checkpoint at src into an HF checkpoint at dst (safetensors shards in the
+    on-disk layout transformers writes, one tensor per expert), converted and written a layer
+    at a time next to the one gathered copy of the model."""
     from megatron.core import dist_checkpointing
+    from transformers import GenerationConfig
 
-    from lwm.convert import megatron_to_hf
-    from lwm.modeling import build_model as build_hf
+    from lwm.convert import ShardedSafetensorsWriter, iter_megatron_to_hf
+    from lwm.modeling import build_config
     from lwm.tokenizer import load_tokenizer
-    model = _one_rank_model(cfg, vocab)
+    model = _one_rank_model(cfg, vocab, meta=True).to_empty(device="cpu")  # allocated, not initialised
     loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, str(src))
     model.load_state_dict(loaded["model"], strict=False)
-    state = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
+    del loaded
+    tmp = dst.with_name(dst.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
+    for piece in iter_megatron_to_hf(model.state_dict(), _layout(cfg), per_expert=True):
+        if cfg.model.tie_word_embeddings:  # transformers re-ties lm_head to the embedding on load
+            piece.pop("lm_head.weight", None)
+        writer.add(piece)
+    writer.close()
     tok = load_tokenizer(tokenizer_dir)
-    hf = build_hf(cfg.model, vocab, tok)
-    result = hf.load_state_dict(megatron_to_hf(state, _layout(cfg)), strict=False)
-    if result.missing_keys or result.unexpected_keys:
-        raise RuntimeError(f"megatron export of {src}: missing {result.missing_keys[:5]}, "
-                           f"unexpected {result.unexpected_keys[:5]}")
-    if cfg.backend.dtype == "bfloat16":
-        hf = hf.to(torch.bfloat16)
-    hf.config.output_router_logits = False
-    hf.save_pretrained(dst, safe_serialization=True)
-    tok.save_pretrained(dst)
-    (dst / "complete").touch()
+    config, cls = build_config(cfg.model, vocab, tok)
+    config.dtype, config.architectures = cfg.backend.dtype, [cls.__name__]
+    config.save_pretrained(tmp)
+    GenerationConfig.from_model_config(config).save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "complete").touch()
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
 
 
 def run_in_own_process(direction: str, cfg, src, dst: Path, tokenizer: str = "") -> None:
