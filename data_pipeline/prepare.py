@@ -423,10 +423,12 @@ class Publish(PipelineStep):
         yield  # a generator, as datatrove expects of a step
 
 
-def auto_tasks(inputs: list[Path], workers: int, bytes_per_task: int = 64 << 20) -> int:
-    """Enough tasks to keep the workers busy, none for small inputs (one task runs in-process)."""
+def auto_tasks(inputs: list[Path], bytes_per_task: int = 64 << 20) -> int:
+    """One task per `bytes_per_task` of input (one, run in-process, for small inputs). No upper
+    bound: what a task holds at once (MinHash signatures it sorts, rows it renders) grows with
+    its share of the corpus, so a fixed task count would make peak memory grow with the corpus."""
     size = sum(p.stat().st_size for p in inputs)
-    return max(1, min(max(workers, 1) * 4, size // bytes_per_task))
+    return max(1, size // bytes_per_task)
 
 
 def pipeline(cfg: DictConfig, paths: RunPaths, inputs: list[Path], fingerprint: str):
@@ -434,7 +436,7 @@ def pipeline(cfg: DictConfig, paths: RunPaths, inputs: list[Path], fingerprint: 
     # The work folder is keyed by the fingerprint: a rerun with the same inputs and settings
     # resumes its unfinished tasks; different settings start clean.
     work = paths.root / f"prepare.work-{fingerprint}"
-    tasks = cfg.prepare.tasks or auto_tasks(inputs, cfg.prepare.workers)
+    tasks = cfg.prepare.tasks or auto_tasks(inputs)
     executors = Executors(cfg.prepare.executor, work, min(cfg.prepare.workers, tasks),
                           OmegaConf.to_container(cfg.prepare.slurm, resolve=True))
     pcfg = OmegaConf.to_container(cfg.prepare, resolve=True)
