@@ -5,7 +5,8 @@
 The corpus is made from real collected trajectories (the seed file) by re-drawing their words
 and numbers, so records keep real shapes, lengths and formats while differing like real data
 does. Reported, on this machine:
-  - full prepare: trajectories/s, tokens/s per core, peak RSS (the whole process tree);
+  - full prepare: trajectories/s, tokens/s per core, peak RSS (of any one process of the tree,
+    sampled, and of the tree's sum);
   - the ceiling: the tokenizer alone on the same rendered text (tokens/s per core);
   - a baseline: plain `datasets.map` tokenisation of the same text (tokens/s per core).
 """
@@ -85,6 +86,7 @@ def main() -> None:
     ap.add_argument("--seed-file", type=Path, help="collected trajectories to draw the corpus from")
     ap.add_argument("--work", type=Path, default=Path("runs/bench_prepare"))
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--tasks", type=int, default=0, help="prepare.tasks (0: one per 64 MiB of input)")
     ap.add_argument("--sample", type=int, default=20000, help="texts for the tokenizer ceiling/baseline")
     ap.add_argument("--ceiling-only", action="store_true",
                     help="skip corpus and prepare: measure the ceiling and baseline on --work's finished run")
@@ -106,17 +108,45 @@ def run_prepare(a, run: Path) -> None:
     parts = sorted(corpus.glob("*.jsonl"))
     cmd = [sys.executable, "-m", "lwm.cli", "prepare", f"hydra.run.dir={run}", "wandb.mode=disabled",
            f"prepare.input={parts[0]}", f"data.trajectories=[{','.join(map(str, parts[1:]))}]",
-           f"prepare.workers={a.workers}"]
+           f"prepare.workers={a.workers}", f"prepare.tasks={a.tasks}"]
     t = time.perf_counter()
-    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
+    peak_one, peak_tree = watch_rss(proc)
+    if proc.returncode != 0:
+        raise SystemExit(f"prepare failed ({proc.returncode}): {' '.join(cmd)}")
     wall = time.perf_counter() - t
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    # the kernel's count covers the processes that were waited for (not the pool's workers)
+    peak_kib = max(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, peak_one * 2**10)
     manifest = json.loads((run / "prepare" / "manifest.json").read_text())
     tokens = sum(s["tokens"] for s in manifest["cpt"].values())
     print(f"prepare: {wall:.0f} s, {a.trajectories / wall:.0f} trajectories/s, "
           f"{tokens / wall / a.workers:.0f} CPT tokens/s per core ({a.workers} workers), "
-          f"peak RSS of one process {peak_kib / 2**10:.0f} MiB")
+          f"peak RSS of one process {peak_kib / 2**10:.0f} MiB, of all its processes together "
+          f"{peak_tree:.0f} MiB")
     print(f"packed CPT shards: real-token fraction {manifest['cpt']['train']['real_token_fraction']:.4f}")
+
+
+def watch_rss(proc: subprocess.Popen, every: float = 0.5) -> tuple[float, float]:
+    """Until proc exits: the largest RSS of any one process of its tree, and of the tree's sum,
+    in MiB, sampled every `every` seconds (datatrove's pool workers included)."""
+    import psutil
+    root, one, tree = psutil.Process(proc.pid), 0.0, 0.0
+    while proc.poll() is None:
+        total = 0
+        try:
+            procs = [root, *root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            break
+        for p in procs:
+            try:
+                rss = p.memory_info().rss
+            except psutil.NoSuchProcess:
+                continue
+            one, total = max(one, rss / 2**20), total + rss
+        tree = max(tree, total / 2**20)
+        time.sleep(every)
+    proc.wait()
+    return one, tree
 
 
 def ceiling_and_baseline(run: Path, sample: int) -> None:

@@ -41,11 +41,11 @@ def save_sharded(ckpt_dir: Path, step: int, model, tok, optimizer, scheduler, ex
     """Collective: every rank calls it with its FSDP2 model and optimizer."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_state_dict
-    path, main = ckpt_dir / f"step_{step:07d}", _is_main()
+    path, main = ckpt_dir / f"step_{step:07d}", is_main()
     if main:
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
-    _barrier()  # no rank writes shards into a directory rank 0 is still clearing
+    barrier()  # no rank writes shards into a directory rank 0 is still clearing
     model_sd, optim_sd = get_state_dict(model, optimizer)
     dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=path / SHARDS)
     if main:
@@ -53,7 +53,7 @@ def save_sharded(ckpt_dir: Path, step: int, model, tok, optimizer, scheduler, ex
         model.config.save_pretrained(path)  # resume builds the architecture from it
         torch.save(_trainer_state(scheduler), path / "trainer_state.pt")
         (path / "state.json").write_text(json.dumps({"step": step, **extra}))
-    _barrier()  # every rank's shards are on disk before the marker says so
+    barrier()  # every rank's shards are on disk before the marker says so
     if main:
         (path / "complete").touch()
         _prune(ckpt_dir, path, keep)
@@ -104,7 +104,7 @@ def restore(path: Path, optimizer, scheduler, model=None) -> dict:
         if model is None:
             raise ValueError(f"resume: {path} is a sharded (FSDP/DCP) checkpoint; pass the model")
         _load_shards(path, model, optimizer)
-    elif model is not None and _has_dtensors(model):
+    elif model is not None and has_dtensors(model):
         _load_full_optimizer_sharded(state["optimizer"], model, optimizer)
     elif "optimizer" in state:
         optimizer.load_state_dict(state["optimizer"])
@@ -147,7 +147,7 @@ def _load_full_optimizer_sharded(full: dict, model, optimizer) -> None:
     set_optimizer_state_dict(model, optimizer, by_name, options=StateDictOptions(full_state_dict=True))
 
 
-def _has_dtensors(model) -> bool:
+def has_dtensors(model) -> bool:
     from torch.distributed.tensor import DTensor
     return any(isinstance(p, DTensor) for p in model.parameters())
 
@@ -163,10 +163,11 @@ def _prune(ckpt_dir: Path, keep_path: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _is_main() -> bool:
+def is_main() -> bool:
+    """Rank 0 of the process group, or the only process (the backends' rank test too)."""
     return not dist.is_initialized() or dist.get_rank() == 0
 
 
-def _barrier() -> None:
+def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -12,8 +12,8 @@ behind its RNG tracker. Rather than patching each call site (which moves with ev
 - the all-to-all's split sizes reach gloo as lists;
 - megatron 0.16.1's router calls `te_general_gemm` even when Transformer Engine is missing
   (a NameError); it gets None, which selects the torch matmul fallback;
-- Gated DeltaNet needs flash-linear-attention's Triton kernels (GPU only): its l2norm becomes
-  the torch formula and its chunked delta rule Megatron's own torch implementation.
+- Gated DeltaNet needs flash-linear-attention's Triton kernels (GPU only): its l2norm and causal
+  conv become torch code and its chunked delta rule Megatron's own torch implementation.
 The arithmetic is Megatron's own, so losses here are the losses a GPU run computes up to
 floating-point order. A production run never imports this module.
 """
@@ -51,6 +51,38 @@ class _CudaAsCpu(TorchFunctionMode):
         if func is torch.Tensor.to and len(args) > 1 and _is_cuda(args[1]):
             args = (args[0], "cpu", *args[2:])
         return func(*args, **kwargs)
+
+
+def _gated_delta_net_on_torch() -> None:
+    """flash-linear-attention's kernels (l2norm, the chunked delta rule, and from megatron-core
+    0.18 its causal conv) as torch code, set wherever Megatron looks them up: the module in
+    0.16-0.18, the package's common/gdn modules from 0.19."""
+    import importlib
+
+    import megatron.core.ssm.gated_delta_net as gdn
+    if gdn.HAVE_FLA:
+        return
+    modules = [gdn]
+    for sub in ("common", "gdn"):
+        try:
+            modules.append(importlib.import_module(f"{gdn.__name__}.{sub}"))
+        except ImportError:
+            pass
+
+    def l2norm(x, dim=-1, eps=1e-6):
+        return x * torch.rsqrt(x.pow(2).sum(dim, keepdim=True) + eps)
+
+    def causal_conv1d(x, weight, bias=None, activation=None, cu_seqlens=None, **_):
+        """[b, s, d] through a depthwise causal conv of weight [d, w]; (output, no state)."""
+        y = torch.nn.functional.conv1d(x.transpose(1, 2), weight.unsqueeze(1), bias,
+                                       padding=weight.shape[-1] - 1, groups=weight.shape[0])
+        y = y[..., :x.shape[1]].transpose(1, 2)
+        return (torch.nn.functional.silu(y) if activation in ("silu", "swish") else y), None
+
+    for module in modules:
+        for name, value in (("HAVE_FLA", True), ("l2norm", l2norm), ("causal_conv1d", causal_conv1d),
+                            ("chunk_gated_delta_rule", gdn.torch_chunk_gated_delta_rule)):
+            setattr(module, name, value)
 
 
 class _NoStream:
@@ -107,11 +139,7 @@ def enable() -> None:
     logging.getLogger(mrandom.__name__).setLevel(logging.ERROR)
     if not hasattr(moe_utils, "te_general_gemm"):
         moe_utils.te_general_gemm = None
-    import megatron.core.ssm.gated_delta_net as gdn
-    if not gdn.HAVE_FLA:
-        gdn.HAVE_FLA = True
-        gdn.l2norm = lambda x, eps=1e-6: x * torch.rsqrt(x.pow(2).sum(-1, keepdim=True) + eps)
-        gdn.chunk_gated_delta_rule = gdn.torch_chunk_gated_delta_rule
+    _gated_delta_net_on_torch()
     # The all-to-all dispatcher moves its split sizes to the host at a "dtoh" point that the
     # CUDA path uses; here they arrive as tensors, which gloo's binding refuses.
     a2a = torch.distributed.all_to_all_single

@@ -8,6 +8,8 @@ import socket
 import torch
 import torch.distributed as dist
 
+from lwm.checkpoint import barrier, is_main  # noqa: F401  (one definition, used by every backend)
+
 
 def submitit_env() -> dict[str, str]:
     """torchrun's variables for a task of a submitit Slurm job (cluster=slurm: one Slurm task per
@@ -51,19 +53,10 @@ def init(always: bool = False) -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def is_main() -> bool:
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", torch.cuda.current_device())
     return torch.device("cpu")
-
-
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
 
 
 def rank_batch(shards, step: int, micro: int, grad_accum: int, rank: int, dp: int, batch_size: int):

@@ -36,8 +36,8 @@ def clip_grad_norm(model: torch.nn.Module, max_norm: float) -> torch.Tensor:
 def full_state_dict(model: torch.nn.Module) -> dict | None:
     """Collective under FSDP2: the full weights, gathered to rank 0's CPU (other ranks get {});
     None when the parameters are not sharded, so the module saves itself as it is."""
-    from torch.distributed.tensor import DTensor
-    if not any(isinstance(p, DTensor) for p in model.parameters()):
+    from lwm.checkpoint import has_dtensors
+    if not has_dtensors(model):
         return None
     from torch.distributed.checkpoint.state_dict import (
         StateDictOptions,

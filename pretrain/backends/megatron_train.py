@@ -14,6 +14,7 @@ Runs on GPUs; the tests run it on CPU over gloo with Megatron's CUDA-only spots 
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -235,6 +236,12 @@ def _run(cfg, paths, stage: str, tcfg, batches, seq: int, tok, init: str | None,
     dp, dp_rank = ps.get_data_parallel_world_size(), ps.get_data_parallel_rank()
     tracker = Tracker(cfg, stage, out) if rank == 0 else None
     fwd_bwd = get_forward_backward_func()
+    # The CP group is always passed: from megatron-core 0.18 a missing group means the whole
+    # world, which would split sequences over the data-parallel ranks too. 0.18 also added a
+    # required is_hybrid_cp flag.
+    cp_kw = {"cp_group": ps.get_context_parallel_group()}
+    if "is_hybrid_cp" in inspect.signature(get_batch_on_this_cp_rank).parameters:
+        cp_kw["is_hybrid_cp"] = False
 
     def forward_step(data_iter, model):
         ids, labels = next(data_iter)
@@ -243,7 +250,7 @@ def _run(cfg, paths, stage: str, tcfg, batches, seq: int, tok, init: str | None,
         # next-token targets, as HF's shift inside its loss
         tgt = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
         # with context parallelism each rank keeps its (load-balanced) chunks of the sequence
-        b = get_batch_on_this_cp_rank({"tokens": ids, "labels": tgt, "position_ids": pos})
+        b = get_batch_on_this_cp_rank({"tokens": ids, "labels": tgt, "position_ids": pos}, **cp_kw)
         keep = (b["labels"] != -100).float()
         out = model(b["tokens"], b["position_ids"], None, labels=b["labels"].clamp(min=0))
 
