@@ -25,14 +25,24 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _peak_rss_mib(cmd: list[str], env: dict) -> float:
-    """Run cmd to completion; its own peak RSS (not its parent's or siblings')."""
+def _peak_rss_mib(cmd: list[str], env: dict, every: float = 0.1) -> float:
+    """Run cmd to completion; its largest RSS, sampled (a forked child's kernel high-water mark
+    starts at its parent's, so the kernel's own count would include this process)."""
+    import time
+
+    import psutil
     proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    watched, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, watched.memory_info().rss)
+        except psutil.NoSuchProcess:
+            break
+        time.sleep(every)
+    _, err = proc.communicate()
     if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{proc.stderr.read().decode()[-3000:]}")
-    return usage.ru_maxrss / 1024  # KiB on Linux
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{err.decode()[-3000:]}")
+    return peak / 2**20
 
 
 def main() -> None:
