@@ -25,20 +25,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lwm.convert.qwen3_moe import experts_to_hf, experts_to_megatron
+from lwm.convert.qwen3_moe import Qwen3MoeLayout, experts_to_hf, experts_to_megatron
 
 LINEAR, FULL = "linear_attention", "full_attention"
 DROPPED_PREFIXES = ("model.visual.", "mtp.")
 
 
 @dataclass
-class Qwen35MoeLayout:
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    num_experts: int
-    tie_word_embeddings: bool
+class Qwen35MoeLayout(Qwen3MoeLayout):
+    """Qwen3-MoE's sizes plus the Gated DeltaNet ones and which layers are linear attention."""
     linear_num_key_heads: int
     linear_num_value_heads: int
     linear_key_head_dim: int

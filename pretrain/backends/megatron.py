@@ -82,6 +82,8 @@ def layer_spec(tc, mcfg, use_te: bool):
     experts are one MLP each (SequentialMLP), since grouped GEMM needs TE. Qwen3.5's hybrid
     block without TE comes from megatron_layers (Megatron's own spec for it requires TE)."""
     from megatron.core.models.gpt import gpt_layer_specs as specs
+    if tc.moe_grouped_gemm and not use_te:
+        raise ValueError("backend.megatron.grouped_gemm needs Transformer Engine: set it false without TE")
     if mcfg.arch == "qwen3_5_moe":
         if not use_te:
             from pretrain.backends.megatron_layers import hybrid_block_spec
@@ -92,8 +94,6 @@ def layer_spec(tc, mcfg, use_te: bool):
     if use_te:
         return specs.get_gpt_layer_with_transformer_engine_spec(
             num_experts=mcfg.num_experts, moe_grouped_gemm=tc.moe_grouped_gemm, qk_layernorm=True)
-    if tc.moe_grouped_gemm:
-        raise ValueError("backend.megatron.grouped_gemm needs Transformer Engine: set it false without TE")
     return specs.get_gpt_layer_local_spec(num_experts=mcfg.num_experts, moe_grouped_gemm=False,
                                           qk_layernorm=True, normalization="RMSNorm")
 

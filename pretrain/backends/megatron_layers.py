@@ -61,8 +61,6 @@ def hybrid_block_spec(config, vp_stage: int | None = None, pp_rank: int | None =
         TransformerLayerSubmodules,
         get_transformer_layer_offset,
     )
-    if config.moe_grouped_gemm:
-        raise ValueError("backend.megatron.grouped_gemm needs Transformer Engine: set it false without TE")
     norm = ZeroCenteredRMSNorm
     delta_net = ModuleSpec(module=GatedDeltaNet, submodules=GatedDeltaNetSubmodules(
         in_proj=ColumnParallelLinear, out_norm=norm, out_proj=RowParallelLinear))
