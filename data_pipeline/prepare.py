@@ -31,6 +31,7 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader
 from omegaconf import DictConfig, OmegaConf
 
+from data_pipeline import indexed
 from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
 from data_pipeline.engine import Executors, curate_and_dedup, write_json
 from lwm import render
@@ -314,7 +315,6 @@ def _append(out_file, parts: list[Path]) -> None:
 
 def _merge(work: Path, out: Path) -> None:
     """Concatenate the tasks' outputs in task order into the published layout."""
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
     render_dir = work / "render"
     (out / "cpt").mkdir(parents=True)
     for split in ("train", "heldout"):
@@ -324,10 +324,7 @@ def _merge(work: Path, out: Path) -> None:
                      (suffix or not p.name.endswith("_lossmask.idx"))]
             if not parts:
                 continue
-            builder = IndexedDatasetBuilder(str(out / "cpt" / f"{split}{suffix}.bin"), dtype=dtype)
-            for part in parts:
-                builder.add_index(str(part)[:-4])
-            builder.finalize(str(out / "cpt" / f"{split}{suffix}.idx"))
+            indexed.concat([str(p)[:-4] for p in parts], out / "cpt" / f"{split}{suffix}", dtype)
     for name in ("sft", "rl"):
         (out / name).mkdir()
         for part in sorted((render_dir / name).glob("*.parquet")):

@@ -140,3 +140,16 @@ def test_generic_runner(tmp_path):
     trajs = load_trajectories(tmp_path / "trajectories.jsonl", domains={"search"})
     assert {t.meta["task_name"] for t in trajs} == {"package_research", "python_module"}
     assert all(t.tools and t.tools[0]["function"]["name"] == "web_search" for t in trajs)
+
+
+def test_package_urls_name_the_release_not_an_archive_on_top(tmp_path, monkeypatch):
+    """apt's security and updates lists sort before the release's own by file name; the
+    corpus's URLs and dates come from the release."""
+    from data_pipeline.collect import search_index
+    for name, date in (("bookworm-security", "Mon, 30 Nov 2026 10:00:00 UTC"),
+                       ("bookworm-updates", "Tue, 01 Dec 2026 08:00:00 UTC"),
+                       ("bookworm", "Sat, 11 Jul 2026 09:30:00 UTC")):
+        (tmp_path / f"deb.debian.org_debian_dists_{name}_InRelease").write_text(
+            f"Origin: Debian\nSuite: x-{name}\nCodename: {name}\nDate: {date}\n")
+    monkeypatch.setattr(search_index, "APT_LISTS", tmp_path)
+    assert search_index._apt_date() == ("bookworm", "2026-07-11")

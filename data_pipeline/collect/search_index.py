@@ -37,7 +37,7 @@ PYTHON_DOCS = Path("/usr/share/doc/python3-doc/html/_sources")
 MAN_ROOT = Path("/usr/share/man")
 APT_LISTS = Path("/var/lib/apt/lists")
 DOC_EXTS = (".md", ".txt", ".rst", ".html", ".htm")
-INDEX_VERSION = 1   # bump when the document layout changes
+INDEX_VERSION = 2   # bump when the document layout changes (2: URLs name the release, not its security archive)
 
 
 @dataclass
@@ -53,17 +53,20 @@ class Doc:
 # --- readers ---------------------------------------------------------------------------------
 
 def _apt_date() -> tuple[str, str]:
-    """(suite, YYYY-MM-DD) of the apt lists: the date the package index was published."""
+    """(suite, YYYY-MM-DD) of the apt lists: the release's codename and the date its package
+    index was published. The release itself (bookworm), not an archive on top of it
+    (bookworm-security, bookworm-updates), whose list files sort first by name."""
+    found = []
     for release in sorted(APT_LISTS.glob("*InRelease")):
         text = release.read_text(errors="replace")
-        suite = re.search(r"^Suite: (\S+)", text, re.M)
+        name = re.search(r"^Codename: (\S+)", text, re.M) or re.search(r"^Suite: (\S+)", text, re.M)
         date = re.search(r"^Date: (.+)$", text, re.M)
         if date:
             when = time.strptime(date.group(1).strip().replace(" UTC", ""), "%a, %d %b %Y %H:%M:%S")
-            codename = re.search(r"^Codename: (\S+)", text, re.M)
-            return (codename or suite).group(1) if (codename or suite) else "stable", \
-                time.strftime("%Y-%m-%d", when)
-    return "stable", ""
+            found.append((name.group(1) if name else "stable", time.strftime("%Y-%m-%d", when)))
+    if not found:
+        return "stable", ""
+    return min(found, key=lambda f: ("-" in f[0], f[0]))
 
 
 def _mdate(path: Path) -> str:
