@@ -20,12 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from megatron.core.datasets.indexed_dataset import _INDEX_HEADER as HEADER
+from megatron.core.datasets.indexed_dataset import DType
 
-HEADER = b"MMIDIDX\x00\x00"
 _PREFIX = len(HEADER) + 8 + 1 + 8 + 8  # header, version, dtype code, the two counts
-# Megatron's DType codes (indexed_dataset.DType)
-DTYPE_CODES = {np.uint8: 1, np.int8: 2, np.int16: 3, np.int32: 4, np.int64: 5,
-               np.float64: 6, np.float32: 7, np.uint16: 8}
 CHUNK = 1 << 20  # entries per write: 8 MiB of int64
 
 
@@ -53,10 +51,10 @@ class IndexPart:
         return cls(Path(prefix), code, sequences, documents)
 
     def array(self, which: str) -> np.ndarray:
-        """One of the index's arrays, memory-mapped: 'lengths', 'pointers' or 'documents'."""
+        """One of the index's arrays, memory-mapped: 'lengths' or 'documents' (the byte pointers
+        between them are recomputed from the lengths, as Megatron's builder does)."""
         offset, dtype, count = {
             "lengths": (_PREFIX, np.int32, self.sequences),
-            "pointers": (_PREFIX + 4 * self.sequences, np.int64, self.sequences),
             "documents": (_PREFIX + 12 * self.sequences, np.int64, self.documents)}[which]
         if count == 0:
             return np.zeros(0, dtype)
@@ -67,7 +65,7 @@ def concat(parts: list[str | Path], out_prefix: str | Path, dtype) -> dict:
     """Write `out_prefix`.bin/.idx as the concatenation of the indexed datasets at `parts`
     (prefixes, in order), each holding tokens of `dtype`. Returns the totals."""
     dtype = np.dtype(dtype)
-    code = DTYPE_CODES[dtype.type]
+    code = DType.code_from_dtype(dtype.type)
     index = [IndexPart.read(Path(p)) for p in parts]
     tokens = 0
     for part in index:

@@ -31,7 +31,6 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader
 from omegaconf import DictConfig, OmegaConf
 
-from data_pipeline import indexed
 from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
 from data_pipeline.engine import Executors, curate_and_dedup, write_json
 from lwm import render
@@ -315,6 +314,7 @@ def _append(out_file, parts: list[Path]) -> None:
 
 def _merge(work: Path, out: Path) -> None:
     """Concatenate the tasks' outputs in task order into the published layout."""
+    from data_pipeline import indexed  # megatron-core, and so torch: only when publishing
     render_dir = work / "render"
     (out / "cpt").mkdir(parents=True)
     for split in ("train", "heldout"):
