@@ -49,8 +49,8 @@ def peak_flops() -> float:
 
 
 def run_hf(args, rank, world):
-    from lwm.modeling import build_model
-    from pretrain.backends.hf_parallel import wrap
+    from lwm.models.hf import build_model
+    from lwm.train.engines.hf import wrap
     torch.manual_seed(0)
     model = wrap(build_model(model_cfg(), args.vocab).to(torch.bfloat16).cuda(), "ddp" if world > 1 else "none")
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), fused=True)
@@ -63,13 +63,16 @@ def run_deepspeed(args, rank, world):
     import deepspeed
 
     from lwm.config import BackendConfig, CptConfig
-    from lwm.modeling import build_model
-    from pretrain.backends.deepspeed import ds_config
+    from lwm.models.hf import build_model
+    from lwm.train.engines.deepspeed import ds_config
+    from lwm.train.optim import spec, torch_optimizer
     b = BackendConfig(name="deepspeed", dtype="bfloat16")
     b.deepspeed.zero_stage = args.zero
+    tcfg = CptConfig(batch_size=args.batch, lr=3e-4)
     torch.manual_seed(0)
-    engine, *_ = deepspeed.initialize(model=build_model(model_cfg(), args.vocab),
-                                      config=ds_config(b, CptConfig(batch_size=args.batch, lr=3e-4), world))
+    model = build_model(model_cfg(), args.vocab)
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch_optimizer(model, spec(tcfg)),
+                                      config=ds_config(b, tcfg, world))
     return _loop(args, rank, world, lambda ids: engine(input_ids=ids, labels=ids, use_cache=False).loss,
                  lambda loss: (engine.backward(loss), engine.step()))
 
@@ -79,15 +82,17 @@ def run_megatron(args, rank, world):
     from megatron.core.optimizer import get_megatron_optimizer
 
     from lwm.config import BackendConfig, CptConfig
-    from pretrain.backends import megatron as mb
+    from lwm.models import megatron as mm
+    from lwm.train.engines import megatron as mb
+    from lwm.train.optim import spec
     b = BackendConfig(name="megatron", dtype="bfloat16")
     b.megatron.expert_parallel = args.ep
     b.megatron.grouped_gemm = _have_te()
     mb.initialize_parallel(b)
-    model = mb.build_model(model_cfg(), b, args.vocab, args.seq).cuda()
+    model = mm.build_model(model_cfg(), b, args.vocab, args.seq).cuda()
     model = DistributedDataParallel(config=model.config, ddp_config=mb.ddp_config(b), module=model)
     model.config.finalize_model_grads_func = finalize_model_grads
-    opt = get_megatron_optimizer(mb.optimizer_config(b, CptConfig(lr=3e-4)), [model])
+    opt = get_megatron_optimizer(mb.optimizer_config(b, spec(CptConfig(lr=3e-4))), [model])
     pos = torch.arange(args.seq, device="cuda").unsqueeze(0).expand(args.batch, -1)
 
     def loss_of(ids):
@@ -142,7 +147,7 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("bench_backends needs a CUDA GPU (see tests/test_backend_*.py for the CPU checks)")
-    from pretrain.backends import dist as pdist
+    from lwm.train import dist as pdist
     rank, world = pdist.init(always=True)
     results = {}
     for name in args.backends.split(","):

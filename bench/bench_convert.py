@@ -5,7 +5,7 @@
 Builds a random HF checkpoint of the given shape in bfloat16, then runs, each in its own process:
 - `imports_only`: a process that imports torch, transformers and Megatron (the floor);
 - `load`: transformers' from_pretrained of that checkpoint (one copy in memory: the reference);
-- `import`: `python -m pretrain.backends.megatron_ckpt import` (HF -> Megatron dist checkpoint);
+- `import`: `python -m lwm.models.megatron_ckpt import` (HF -> Megatron dist checkpoint);
 - `export`: the same module's `export` (dist checkpoint -> HF safetensors shards);
 and prints each one's peak RSS above the floor, in multiples of the checkpoint's size. The conversion reads a tensor at a
 time and converts a layer at a time, so its peak should stay near one copy of the model.
@@ -46,8 +46,9 @@ def _peak_rss_mib(cmd: list[str], env: dict, every: float = 0.1) -> float:
 
 
 def main() -> None:
+    from lwm.models import FAMILIES
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", default="qwen3_5_moe", choices=["qwen3_moe", "qwen3_5_moe"])
+    ap.add_argument("--arch", default="qwen3_5_moe", choices=list(FAMILIES))
     ap.add_argument("--hidden", type=int, default=1024)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--experts", type=int, default=64)
@@ -58,9 +59,9 @@ def main() -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from lwm.cli import CONFIG_DIR
+    from launch.cli import CONFIG_DIR
     from lwm.config import register_configs
-    from lwm.modeling import build_model
+    from lwm.models.hf import build_model
     from lwm.tokenizer import train_tokenizer
 
     work = a.work or Path(tempfile.mkdtemp(prefix="bench_convert_"))
@@ -70,11 +71,10 @@ def main() -> None:
                  f"data.tokenizer={work / 'tokenizer'}", f"model.arch={a.arch}", f"model.hidden_size={a.hidden}",
                  f"model.num_layers={a.layers}", "model.num_heads=16", "model.num_kv_heads=4", "model.head_dim=64",
                  f"model.num_experts={a.experts}", f"model.moe_intermediate_size={a.moe_intermediate}",
-                 "model.experts_per_token=4", "model.vocab_size=32768", "model.tie_word_embeddings=false"]
-    if a.arch == "qwen3_5_moe":
-        overrides += [f"model.shared_expert_intermediate_size={a.moe_intermediate}", "model.linear_num_key_heads=8",
-                      "model.linear_num_value_heads=16", "model.linear_key_head_dim=64",
-                      "model.linear_value_head_dim=64", "model.partial_rotary_factor=0.25"]
+                 "model.experts_per_token=4", "model.vocab_size=32768", "model.tie_word_embeddings=false",
+                 # sizes of Qwen3.5's shared expert and linear attention: a family without them ignores them
+                 f"model.shared_expert_intermediate_size={a.moe_intermediate}", "model.linear_num_key_heads=8",
+                 "model.linear_num_value_heads=16", "model.linear_key_head_dim=64", "model.linear_value_head_dim=64"]
     from hydra import compose, initialize_config_dir
     register_configs()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
@@ -91,9 +91,9 @@ def main() -> None:
            "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
     load = [sys.executable, "-c", "import sys, torch; from transformers import AutoModelForCausalLM; "
             "AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)", str(hf_dir)]
-    module = [sys.executable, "-m", "pretrain.backends.megatron_ckpt"]
+    module = [sys.executable, "-m", "lwm.models.megatron_ckpt"]
     dist, back = work / "dist", work / "hf_back"
-    base = [sys.executable, "-c", "import torch, transformers, megatron.core.models.gpt, pretrain.backends.megatron_ckpt"]
+    base = [sys.executable, "-c", "import torch, transformers, megatron.core.models.gpt, lwm.models.megatron_ckpt"]
     peaks = {"imports_only": _peak_rss_mib(base, env), "load": _peak_rss_mib(load, env),
              "import": _peak_rss_mib([*module, "import", str(conf), str(hf_dir), str(dist)], env),
              "export": _peak_rss_mib([*module, "export", str(conf), str(dist), str(back)], env)}

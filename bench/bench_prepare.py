@@ -106,7 +106,7 @@ def run_prepare(a, run: Path) -> None:
     print(f"corpus: {a.trajectories} trajectories, {size / 2**20:.0f} MiB, made in {time.perf_counter() - t:.0f} s")
 
     parts = sorted(corpus.glob("*.jsonl"))
-    cmd = [sys.executable, "-m", "lwm.cli", "prepare", f"hydra.run.dir={run}", "wandb.mode=disabled",
+    cmd = [sys.executable, "-m", "launch.cli", "prepare", f"hydra.run.dir={run}", "wandb.mode=disabled",
            f"prepare.input={parts[0]}", f"data.trajectories=[{','.join(map(str, parts[1:]))}]",
            f"prepare.workers={a.workers}", f"prepare.tasks={a.tasks}"]
     t = time.perf_counter()

@@ -33,6 +33,8 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 from data_pipeline.curate.dedup import Decontaminator, content_text
 from data_pipeline.curate.filters import clean_turns, drop_reason
 from data_pipeline.curate.redact import redact_trajectory
+from lwm.config import DataConfig, PrepareConfig, PrepareSlurmConfig
+from lwm.domains import get_domain, register_extra
 from lwm.schema import Trajectory, TrajectoryError, validate
 
 log = logging.getLogger("lwm.engine")
@@ -68,25 +70,6 @@ def write_json(path: Path, obj) -> None:
     tmp.replace(path)
 
 
-def malformed_check(domain_name: str):
-    """The domain's action check from its collector, when it has one (for retry cycles)."""
-    from data_pipeline.collect.base import ActionError, collector_names, get_collector
-    if domain_name not in collector_names():
-        return None
-    try:
-        collector = get_collector(domain_name, None)
-    except ImportError:
-        return None
-
-    def malformed(action: str) -> bool:
-        try:
-            collector.check_action(action)
-            return False
-        except ActionError:
-            return True
-    return malformed
-
-
 class ReadAndCurate(PipelineStep):
     """Reads trajectory JSONL (task r takes every line i with i % world == r), validates it
     (bad records -> quarantine with file, line, field, reason), then redacts, cleans turns,
@@ -96,19 +79,19 @@ class ReadAndCurate(PipelineStep):
     name = "read+curate"
     type = "lwm"
 
-    def __init__(self, inputs: list[str], work: str, domains: list[str], pcfg: dict):
+    def __init__(self, inputs: list[str], work: str, data: DataConfig, prepare: PrepareConfig):
         super().__init__()
-        self.inputs, self.work, self.domains, self.pcfg = inputs, work, domains, pcfg
+        self.inputs, self.work, self.data, self.prepare = inputs, work, data, prepare
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        from lwm.config import FilterConfig
-        filters = FilterConfig(**self.pcfg["filters"])
-        decontam = (Decontaminator([Path(p) for p in self.pcfg["decontaminate"]],
-                                   self.pcfg["decontam_ngram"]) if self.pcfg["decontaminate"] else None)
+        register_extra(self.data.extra_domains)  # a worker process starts with the built-ins only
+        p = self.prepare
+        decontam = (Decontaminator([Path(x) for x in p.decontaminate], p.decontam_ngram)
+                    if p.decontaminate else None)
         work = Path(self.work)
         counts = {"in": 0, "quarantined": Counter(), "filtered": Counter(), "redactions": Counter(),
                   "turns": Counter()}
-        checks = {}
+        domains = {}
         qpath = work / "quarantine" / f"{rank:05d}.jsonl"
         qpath.parent.mkdir(parents=True, exist_ok=True)
         index = -1
@@ -129,7 +112,7 @@ class ReadAndCurate(PipelineStep):
                             except json.JSONDecodeError as e:
                                 raise TrajectoryError(f"invalid JSON ({e.msg} at column {e.colno})",
                                                       "<line>", path, lineno) from None
-                            validate(rec, path, lineno, domains=set(self.domains))
+                            validate(rec, path, lineno, domains=set(self.data.domains))
                         except TrajectoryError as e:
                             counts["quarantined"][reason_key(e)] += 1
                             quarantine.write(json.dumps(
@@ -138,21 +121,22 @@ class ReadAndCurate(PipelineStep):
                                 ensure_ascii=False) + "\n")
                             continue
                         traj = Trajectory.from_dict(rec, path, lineno)
-                        doc = self._curate(traj, filters, decontam, counts, checks)
+                        if traj.domain not in domains:
+                            domains[traj.domain] = get_domain(traj.domain)
+                        doc = self._curate(traj, domains[traj.domain], decontam, counts)
                         if doc is not None:
                             doc.metadata["order"] = index
                             yield doc
         counts = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in counts.items()}
         write_json(work / "stats" / f"curate_{rank:05d}.json", counts)
 
-    def _curate(self, traj, filters, decontam, counts, checks):
-        if self.pcfg["redact"]:
+    def _curate(self, traj, domain, decontam, counts):
+        filters = self.prepare.filters
+        if self.prepare.redact:
             traj = redact_trajectory(traj, counts["redactions"])
-        if traj.domain not in checks:
-            checks[traj.domain] = malformed_check(traj.domain)
-        traj, sample, stats = clean_turns(traj, filters, checks[traj.domain])
+        traj, sample, stats = clean_turns(traj, filters, domain)
         counts["turns"].update(stats)
-        reason = drop_reason(traj, filters)
+        reason = drop_reason(traj, filters, domain)
         if reason is None and not any(sample):
             reason = "no trainable turn"
         if reason is None and decontam is not None:
@@ -174,10 +158,11 @@ def reason_key(e: TrajectoryError) -> str:
 class Executors:
     """Builds datatrove executors of one kind (local or slurm) under one work folder."""
 
-    def __init__(self, kind: str, work: Path, workers: int, slurm: dict | None = None):
+    def __init__(self, kind: str, work: Path, workers: int, slurm: PrepareSlurmConfig | None = None):
         if kind not in ("local", "slurm"):
             raise ValueError(f"prepare.executor: '{kind}' is not one of local, slurm")
-        self.kind, self.work, self.workers, self.slurm = kind, work, workers, slurm or {}
+        self.kind, self.work, self.workers = kind, work, workers
+        self.slurm = slurm or PrepareSlurmConfig()
         self.previous = None
 
     def __call__(self, name: str, pipeline: list, tasks: int):
@@ -190,23 +175,22 @@ class Executors:
         else:
             ex = SlurmPipelineExecutor(
                 pipeline=pipeline, tasks=tasks, logging_dir=logs, depends=self.previous,
-                job_name=f"lwm-prepare-{name}", time=self.slurm.get("time", "04:00:00"),
-                partition=self.slurm.get("partition") or "default", cpus_per_task=1,
-                mem_per_cpu_gb=self.slurm.get("mem_per_cpu_gb", 4),
-                sbatch_args=self.slurm.get("sbatch_args") or {})
+                job_name=f"lwm-prepare-{name}", time=self.slurm.time,
+                partition=self.slurm.partition or "default", cpus_per_task=1,
+                mem_per_cpu_gb=self.slurm.mem_per_cpu_gb, sbatch_args=dict(self.slurm.sbatch_args))
         self.previous = ex
         return ex
 
 
-def curate_and_dedup(inputs: list[Path], work: Path, domains: list[str], pcfg: dict, tasks: int,
-                     executors: Executors):
+def curate_and_dedup(inputs: list[Path], work: Path, data: DataConfig, prepare: PrepareConfig,
+                     tasks: int, executors: Executors):
     """Builds the executors up to the deduplicated documents in work/deduped; returns the last."""
     reader = lambda: JsonlReader(str(work / "curated"), glob_pattern="*.jsonl.gz")  # noqa: E731
     curate = executors("curate", [
-        ReadAndCurate([str(p) for p in inputs], str(work), domains, pcfg),
+        ReadAndCurate([str(p) for p in inputs], str(work), data, prepare),
         JsonlWriter(str(work / "curated"), output_filename="${rank}.jsonl.gz"),
     ], tasks)
-    if not pcfg["dedup"]:
+    if not prepare.dedup:
         return curate, work / "curated"
     executors("minhash_signatures", [reader(), MinhashDedupSignature(
         output_folder=str(work / "minhash" / "signatures"), config=MINHASH,

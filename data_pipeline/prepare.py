@@ -34,7 +34,8 @@ from omegaconf import DictConfig, OmegaConf
 from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
 from data_pipeline.engine import Executors, curate_and_dedup, write_json
 from lwm import render
-from lwm.domains import get_domain
+from lwm.config import DataConfig, PrepareConfig
+from lwm.domains import get_domain, register_extra
 from lwm.schema import Trajectory
 from lwm.tokenizer import load_tokenizer, train_tokenizer
 from lwm.tracking import RunPaths, Tracker
@@ -163,16 +164,17 @@ class RenderShards(PipelineStep):
     name = "render"
     type = "lwm"
 
-    def __init__(self, work: str, tokenizer: str, data: dict, pcfg: dict, seed: int):
+    def __init__(self, work: str, tokenizer: str, data: DataConfig, prepare: PrepareConfig, seed: int):
         super().__init__()
-        self.work, self.tokenizer, self.data, self.pcfg, self.seed = work, tokenizer, data, pcfg, seed
+        self.work, self.tokenizer, self.data, self.prepare, self.seed = work, tokenizer, data, prepare, seed
 
     def run(self, data, rank: int = 0, world_size: int = 1):
+        register_extra(self.data.extra_domains)  # a worker process starts with the built-ins only
         tok = worker_tokenizer(self.tokenizer)
         out = Path(self.work) / "render"
         for sub in ("cpt", "sft", "rl", "eval", "splits"):
             (out / sub).mkdir(parents=True, exist_ok=True)
-        packers = {s: ShardPacker(out / "cpt" / f"{s}.{rank:05d}", self.data["seq_len"], tok.pad_token_id)
+        packers = {s: ShardPacker(out / "cpt" / f"{s}.{rank:05d}", self.data.seq_len, tok.pad_token_id)
                    for s in ("train", "heldout")}
         sft, rl = RowSink(out / "sft" / f"{rank:05d}.parquet"), RowSink(out / "rl" / f"{rank:05d}.parquet")
         evals: dict = {}  # domain -> its open JSONL file
@@ -185,12 +187,12 @@ class RenderShards(PipelineStep):
             traj = Trajectory.from_dict(doc.metadata["record"])
             sample = doc.metadata["sample"]
             domain = get_domain(traj.domain)
-            split = "heldout" if is_heldout(traj.id, self.data["heldout_fraction"], self.seed) else "train"
+            split = "heldout" if is_heldout(traj.id, self.data.heldout_fraction, self.seed) else "train"
             stats["split"][split] += 1
             stats["domains"][traj.domain] += 1
             splits[split].write(traj.to_json() + "\n")
-            ids, mask, kinds = cpt_tokens(tok, domain, traj, self.pcfg["cpt_loss_mask"])
-            copies = 1 if split == "heldout" else mixture_copies(traj, self.data["mixture"], self.seed)
+            ids, mask, kinds = cpt_tokens(tok, domain, traj, self.prepare.cpt_loss_mask)
+            copies = 1 if split == "heldout" else mixture_copies(traj, self.data.mixture, self.seed)
             if split == "train":
                 stats["copies"][traj.domain] += copies
             for _ in range(copies):
@@ -199,7 +201,7 @@ class RenderShards(PipelineStep):
             turns = [t for t in range(1, len(traj.steps) + 1) if sample[t - 1]]
             if split == "heldout":
                 for t in turns:
-                    rec = render.agentworldbench_record(domain, traj, t, self.data["max_history"])
+                    rec = render.agentworldbench_record(domain, traj, t, self.data.max_history)
                     if traj.domain not in evals:
                         (out / "eval" / traj.domain).mkdir(exist_ok=True)
                         evals[traj.domain] = open(out / "eval" / traj.domain / f"{rank:05d}.jsonl", "w",
@@ -210,7 +212,7 @@ class RenderShards(PipelineStep):
             for copy in range(copies):  # a copy draws its own prompt variants and RL turn
                 for t in turns:
                     variant = rng.randrange(render.FIRST_SFT_VARIANT, len(domain.PROMPT_VARIANTS))
-                    prompt, answer = render.turn_messages(domain, traj, t, self.data["max_history"], variant)
+                    prompt, answer = render.turn_messages(domain, traj, t, self.data.max_history, variant)
                     sft.add({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t,
                                 "copy": copy, "prompt_variant": variant, "prompt": prompt,
                                 "completion": [answer]})
@@ -221,7 +223,7 @@ class RenderShards(PipelineStep):
                                                                      add_special_tokens=False)))
                 # RL takes one turn per trajectory (multi-turn expansion destabilised RL in the recipe).
                 t = rng.choice(turns)
-                prompt, _ = render.turn_messages(domain, traj, t, self.data["max_history"])
+                prompt, _ = render.turn_messages(domain, traj, t, self.data.max_history)
                 rl.add({"id": f"{traj.id}-t{t}", "domain": traj.domain, "turn_idx": t, "copy": copy,
                            "prompt": prompt, "reference": traj.steps[t - 1].observation})
         for f in (*splits.values(), *evals.values()):
@@ -287,19 +289,21 @@ class TrainTokenizer(PipelineStep):
     name = "tokenizer"
     type = "lwm"
 
-    def __init__(self, docs_dir: str, out: str, data: dict, sample: int, seed: int):
+    def __init__(self, docs_dir: str, out: str, data: DataConfig, sample: int, seed: int):
         super().__init__()
         self.docs_dir, self.out, self.data, self.sample, self.seed = docs_dir, out, data, sample, seed
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
+        register_extra(self.data.extra_domains)
+
         def texts():
             for n, doc in enumerate(_docs(Path(self.docs_dir))):
                 if n >= self.sample:
                     return
                 traj = Trajectory.from_dict(doc.metadata["record"])
-                if not is_heldout(traj.id, self.data["heldout_fraction"], self.seed):
+                if not is_heldout(traj.id, self.data.heldout_fraction, self.seed):
                     yield render.cpt_document(get_domain(traj.domain), traj)
-        train_tokenizer(texts(), self.data["vocab_size"], self.out)
+        train_tokenizer(texts(), self.data.vocab_size, self.out)
         return
         yield  # a generator, as datatrove expects of a step
 
@@ -351,7 +355,8 @@ def _add(counters: list[dict]) -> dict:
     return dict(sorted(total.items()))
 
 
-def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_source, tok, cfg: dict) -> dict:
+def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_source, tok,
+                data: DataConfig, prepare: PrepareConfig) -> dict:
     curate, rendered = _sum_stats(work, "curate"), _sum_stats(work, "render")
     n_in = sum(c["in"] for c in curate)
     quarantined = _add([c["quarantined"] for c in curate])
@@ -379,11 +384,11 @@ def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_sourc
                     "filter_reasons": filtered},
         "curation": {"redactions": _add([c["redactions"] for c in curate]),
                      "turns": _add([c["turns"] for c in curate]),
-                     "decontaminated_against": list(cfg["prepare"]["decontaminate"]),
-                     "dedup": "minhash 5-gram, 14 bands x 8 rows" if cfg["prepare"]["dedup"] else "off"},
+                     "decontaminated_against": list(prepare.decontaminate),
+                     "dedup": "minhash 5-gram, 14 bands x 8 rows" if prepare.dedup else "off"},
         "split": _add([r["split"] for r in rendered]),
         "domains": _add([r["domains"] for r in rendered]),
-        "mixture": {"weights": dict(cfg["data"]["mixture"]),
+        "mixture": {"weights": dict(data.mixture),
                     "train_copies": _add([r["copies"] for r in rendered])},
         "tokenizer": {"source": tokenizer_source, "vocab_size": len(tok)},
         "cpt": cpt,
@@ -394,7 +399,7 @@ def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_sourc
                 "target_tokens_max": max((r["target_tokens_max"] for r in rendered), default=0)},
         "rl": {"prompts": sum(r["rl"] for r in rendered)},
         "eval": eval_counts,
-        "executor": cfg["prepare"]["executor"],
+        "executor": prepare.executor,
     }
     r = manifest["records"]
     if r["in"] != r["kept"] + r["quarantined"] + r["filtered"]:
@@ -410,10 +415,10 @@ class Publish(PipelineStep):
     type = "lwm"
 
     def __init__(self, work: str, out: str, tokenizer: str, tokenizer_source: str,
-                 fingerprint: str, inputs: list[str], cfg: dict):
+                 fingerprint: str, inputs: list[str], data: DataConfig, prepare: PrepareConfig):
         super().__init__()
         self.work, self.out, self.tokenizer, self.tokenizer_source = work, out, tokenizer, tokenizer_source
-        self.fingerprint, self.inputs, self.cfg = fingerprint, inputs, cfg
+        self.fingerprint, self.inputs, self.data, self.prepare = fingerprint, inputs, data, prepare
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         work, out = Path(self.work), Path(self.out)
@@ -422,10 +427,10 @@ class Publish(PipelineStep):
         staging.mkdir(parents=True)
         _merge(work, staging)
         tok = load_tokenizer(self.tokenizer)
-        if not self.cfg["data"]["tokenizer"]:
+        if not self.data.tokenizer:
             shutil.copytree(self.tokenizer, staging / "tokenizer")
         manifest = manifest_of(work, staging, self.fingerprint, self.inputs, self.tokenizer_source,
-                               tok, self.cfg)
+                               tok, self.data, self.prepare)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(staging, out)
@@ -441,31 +446,37 @@ def auto_tasks(inputs: list[Path], bytes_per_task: int = 64 << 20) -> int:
     return max(1, size // bytes_per_task)
 
 
-def pipeline(cfg: DictConfig, paths: RunPaths, inputs: list[Path], fingerprint: str):
+def typed(node, schema: type):
+    """A config node as an instance of its dataclass `schema`, for the datatrove steps (which
+    pickle it to their workers): an unknown key or a wrong type fails here, at start-up, naming
+    the key, and not in a worker as a missing dict entry."""
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(schema), node))
+
+
+def pipeline(data: DataConfig, prep: PrepareConfig, seed: int, paths: RunPaths, inputs: list[Path],
+             fingerprint: str):
     """The whole prepare as a chain of datatrove executors; running the last runs them all."""
     # The work folder is keyed by the fingerprint: a rerun with the same inputs and settings
     # resumes its unfinished tasks; different settings start clean.
     work = paths.root / f"prepare.work-{fingerprint}"
-    tasks = cfg.prepare.tasks or auto_tasks(inputs)
-    executors = Executors(cfg.prepare.executor, work, min(cfg.prepare.workers, tasks),
-                          OmegaConf.to_container(cfg.prepare.slurm, resolve=True))
-    pcfg = OmegaConf.to_container(cfg.prepare, resolve=True)
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    _, docs_dir = curate_and_dedup(inputs, work, data["domains"], pcfg, tasks, executors)
-    if cfg.data.tokenizer:
-        tokenizer, source = cfg.data.tokenizer, cfg.data.tokenizer
+    tasks = prep.tasks or auto_tasks(inputs)
+    executors = Executors(prep.executor, work, min(prep.workers, tasks), prep.slurm)
+    _, docs_dir = curate_and_dedup(inputs, work, data, prep, tasks, executors)
+    if data.tokenizer:
+        tokenizer, source = data.tokenizer, data.tokenizer
     else:
         tokenizer, source = str(work / "tokenizer"), "trained on the train split"
         executors("tokenizer", [TrainTokenizer(str(docs_dir), tokenizer, data,
-                                               cfg.prepare.tokenizer_sample, cfg.seed)], 1)
+                                               prep.tokenizer_sample, seed)], 1)
     executors("render", [JsonlReader(str(docs_dir), glob_pattern="*.jsonl.gz"),
-                         RenderShards(str(work), tokenizer, data, pcfg, cfg.seed)], tasks)
-    full = {"data": data, "prepare": pcfg}
+                         RenderShards(str(work), tokenizer, data, prep, seed)], tasks)
     return work, executors("publish", [Publish(str(work), str(paths.root / "prepare"), tokenizer,
-                                               source, fingerprint, [str(p) for p in inputs], full)], 1)
+                                               source, fingerprint, [str(p) for p in inputs],
+                                               data, prep)], 1)
 
 
 def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
+    data, prep = typed(cfg.data, DataConfig), typed(cfg.prepare, PrepareConfig)
     out = paths.root / "prepare"
     inputs = _inputs(cfg, paths)
     fingerprint = _fingerprint(cfg, inputs)
@@ -476,10 +487,10 @@ def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
     for stale in paths.root.glob("prepare.work-*"):
         if stale.name != f"prepare.work-{fingerprint}":
             shutil.rmtree(stale, ignore_errors=True)
-    work, last = pipeline(cfg, paths, inputs, fingerprint)
+    work, last = pipeline(data, prep, cfg.seed, paths, inputs, fingerprint)
     tracker = Tracker(cfg, "prepare", paths.stage("prepare.logs"))
     last.run()
-    if cfg.prepare.executor == "slurm":
+    if prep.executor == "slurm":
         log.info("prepare: submitted to Slurm; outputs appear in %s when the jobs finish", out)
         return tracker.finish({"submitted": True, "work": str(work)})
     manifest = json.loads(manifest_path.read_text())

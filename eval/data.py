@@ -1,27 +1,16 @@
-"""Eval samples in AgentWorldBench's JSONL layout, ours or the public benchmark's.
-
-Two shapes share the layout. The public files hold every turn of the trajectory as strings
-(`prompt[j]` the action prompt, `response[j]` the real observation) and `turn_idx` says which
-turn is scored; our held-out sets hold the chat messages of the scored turn (history windowed)
-and its target. `view()` turns either into the same thing: chat messages whose history is the
-earlier turns' real observations, the reference observation, and the history as text.
-"""
+"""Eval sets in AgentWorldBench's JSONL layout, ours or the public benchmark's: one file, or
+every *_test.jsonl of a folder. lwm/endpoints/sample.py views each record as chat messages, a
+reference observation and the history."""
 
 from __future__ import annotations
 
 import json
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-from lwm.domains import extract_observation
+from lwm.endpoints.sample import domain_of
 
 _FIELDS = ("task", "id", "prompt", "response")
-
-
-def domain_of(rec: dict) -> str:
-    """The domain of a sample: the benchmark writes tasks as 'group/domain' in places."""
-    return str(rec["task"]).split("/")[-1]
 
 
 def load_eval_set(source: Path, max_samples: int) -> list[dict]:
@@ -51,45 +40,3 @@ def load_eval_set(source: Path, max_samples: int) -> list[dict]:
                 rec["id"] = str(rec["id"])
                 records.append(rec)
     return records
-
-
-@dataclass
-class Sample:
-    id: str
-    domain: str
-    messages: list[dict]   # what the world model is asked: system, history, current action
-    reference: str         # the real observation, marker and tags removed
-    history: str           # earlier turns as text, for the judge
-    current: str           # the current action prompt
-    turn_idx: int
-
-
-def _text(item) -> str:
-    return item["content"] if isinstance(item, dict) else str(item)
-
-
-def view(rec: dict) -> Sample:
-    prompt, response = rec["prompt"], rec["response"]
-    prompt = [prompt] if isinstance(prompt, str) else list(prompt)
-    response = [response] if isinstance(response, str) else list(response)
-    turn = int(rec.get("turn_idx") or 1)
-    if prompt and isinstance(prompt[0], dict):          # ours: chat messages of this turn
-        messages = list(prompt)
-        if rec.get("system_str") and messages[0]["role"] != "system":
-            messages = [{"role": "system", "content": rec["system_str"]}] + messages
-        body = [m for m in messages if m["role"] != "system"]
-        pairs = [(body[i]["content"], body[i + 1]["content"]) for i in range(0, len(body) - 1, 2)]
-        current, reference = body[-1]["content"], _text(response[-1])
-    else:                                               # the benchmark's: every turn as strings
-        k = max(turn - 1, 0)
-        pairs = [(str(prompt[j]), str(response[j])) for j in range(min(k, len(prompt), len(response)))]
-        current = rec.get("current_prompt") or (prompt[k] if k < len(prompt) else "")
-        messages = [{"role": "system", "content": rec["system_str"]}] if rec.get("system_str") else []
-        for action, observation in pairs:
-            messages += [{"role": "user", "content": action},
-                         {"role": "assistant", "content": observation}]
-        messages.append({"role": "user", "content": current})
-        reference = str(response[k]) if k < len(response) else ""
-    history = "\n\n".join(f"{a}\n{o}" for a, o in pairs)
-    return Sample(rec["id"], domain_of(rec), messages, extract_observation(reference)[0], history,
-                  current, turn)

@@ -10,8 +10,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from eval.client import ChatClient, EndpointError, run_concurrent
-from eval.data import Sample
+from lwm.endpoints.client import ChatClient, EndpointError, run_concurrent
+from lwm.endpoints.generate import generate
+from lwm.endpoints.sample import Sample
 
 
 def read_done(path: Path) -> dict[str, dict]:
@@ -28,27 +29,12 @@ def read_done(path: Path) -> dict[str, dict]:
     return done
 
 
-@torch.no_grad()
-def generate(model, tok, prompts: list[list[int]], max_new_tokens: int, temperature: float) -> list[str]:
-    width = max(map(len, prompts))
-    ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):  # left padding: every prompt ends where generation starts
-        ids[i, width - len(p):] = torch.tensor(p)
-        mask[i, width - len(p):] = 1
-    ids, mask = ids.to(model.device), mask.to(model.device)
-    out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens,
-                         do_sample=temperature > 0, temperature=temperature or None, top_p=None,
-                         top_k=None, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    return tok.batch_decode(out[:, width:], skip_special_tokens=True)
-
-
 def _row(s: Sample, text: str, **extra) -> dict:
     return {"id": s.id, "task": s.domain, "turn_idx": s.turn_idx, "prediction": text, **extra}
 
 
 def predict_local(cfg, checkpoint: Path, samples: list[Sample], out: Path) -> dict[str, dict]:
-    from lwm.modeling import load_model
+    from lwm.models.hf import load_model
     from lwm.tokenizer import fit_prompt, load_tokenizer
     path = out / "predictions.jsonl"
     done = read_done(path)

@@ -17,20 +17,22 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from eval.config import eval_options
-from eval.data import Sample, load_eval_set, view
+from eval.data import load_eval_set
 from eval.generate import predict_endpoint, predict_local, read_done
-from eval.judge import aggregate_ab, judge_all
 from eval.report import HEADLINE, controllability_table, plots, rule_detail, table
-from eval.score import aggregate_judged, aggregate_rule, follows_instruction, rule_row
+from eval.score import aggregate_ab, aggregate_judged, aggregate_rule, follows_instruction, rule_row
 from lwm.domains import extract_observation, get_domain
+from lwm.endpoints.judge import judge_all
+from lwm.endpoints.sample import Sample, view
 from lwm.tracking import RunPaths, Tracker, write_metrics
+from lwm.world_env import PERTURBATIONS, with_instruction
 
 log = logging.getLogger("lwm.eval")
 STAGE_MODELS = ("init", "cpt", "sft", "rl")
+MODES = ("rule", "judge", "turing", "reference")
 
 
-def score_predictions(opts, samples: list[Sample], preds: dict[str, dict], out: Path
+def score_predictions(ev, samples: list[Sample], preds: dict[str, dict], out: Path
                       ) -> tuple[dict, list[float]]:
     """Metrics of one model's predictions, and its per-sample headline scores (0-100)."""
     rows = []
@@ -39,39 +41,38 @@ def score_predictions(opts, samples: list[Sample], preds: dict[str, dict], out: 
         obs = extract_observation(raw)[0]
         rows.append({"id": s.id, "task": s.domain, "turn_idx": s.turn_idx,
                      **rule_row(get_domain(s.domain), obs, raw, s.reference, s.history)})
-    metrics = {"mode": opts.mode, **aggregate_rule(rows)}
+    metrics = {"mode": ev.mode, **aggregate_rule(rows)}
     per_sample = [100 * r["score"] for r in rows]
-    if opts.mode != "rule":
+    if ev.mode != "rule":
         items = [{"task": s.domain, "id": s.id, "turn_idx": s.turn_idx, "history": s.history,
                   "current": s.current, "reference": s.reference, "gen": preds[s.id]["prediction"],
                   "prediction": extract_observation(preds[s.id]["prediction"])[0]} for s in samples]
-        if opts.mode == "reference":
-            if not opts.judge.baseline:
+        if ev.mode == "reference":
+            if not ev.judge.baseline:
                 raise ValueError("eval.mode=reference needs eval.judge.baseline (a predictions.jsonl)")
-            base = read_done(Path(opts.judge.baseline))
+            base = read_done(Path(ev.judge.baseline))
             missing = [it["id"] for it in items if it["id"] not in base]
             if missing:
                 raise ValueError(f"eval.judge.baseline lacks sample '{missing[0]}' ({len(missing)} in all)")
             for it in items:
                 it["baseline"] = extract_observation(base[it["id"]]["prediction"])[0]
-        kind = "rubric" if opts.mode == "judge" else opts.mode
-        judged = judge_all(opts.judge, kind, items, out / "judged.jsonl")
-        if opts.mode == "judge":
+        kind = "rubric" if ev.mode == "judge" else ev.mode
+        judged = judge_all(ev.judge, kind, items, out / "judged.jsonl")
+        if ev.mode == "judge":
             metrics["judge"] = aggregate_judged(judged)
             per_sample = [(r["total_score"] - 1) / 4 * 100 for r in judged if r["failed"] == 0.0]
         else:
-            key = "fooled" if opts.mode == "turing" else "win"
-            metrics[opts.mode] = aggregate_ab(judged, key)
+            key = "fooled" if ev.mode == "turing" else "win"
+            metrics[ev.mode] = aggregate_ab(judged, key)
             per_sample = [100 * r[key] for r in judged if r["failed"] == 0.0]
     write_metrics(out / "metrics.json", metrics)
     return metrics, per_sample
 
 
-def controllability(cfg, opts, ckpt: Path | None, samples: list[Sample], out: Path) -> dict:
+def controllability(cfg, ckpt: Path | None, samples: list[Sample], out: Path) -> dict:
     """Ask the first eval.controllability_samples samples of each domain again with each
     perturbation (inject an error, paginate, withhold a result) as a simulation instruction,
     and report per domain and perturbation the share of observations that obey it."""
-    from serve.world_env import PERTURBATIONS, with_instruction
     per_domain: dict[str, list[Sample]] = {}
     for s in samples:
         if len(per_domain.setdefault(s.domain, [])) < cfg.eval.controllability_samples:
@@ -81,7 +82,7 @@ def controllability(cfg, opts, ckpt: Path | None, samples: list[Sample], out: Pa
     if not asked:
         return {}
     out.mkdir(parents=True, exist_ok=True)
-    preds = (predict_endpoint(opts.endpoint, asked, out) if ckpt is None
+    preds = (predict_endpoint(cfg.eval.endpoint, asked, out) if ckpt is None
              else predict_local(cfg, ckpt, asked, out))
     rates: dict[str, dict[str, list[bool]]] = {}
     for s in asked:
@@ -93,9 +94,9 @@ def controllability(cfg, opts, ckpt: Path | None, samples: list[Sample], out: Pa
             for d, kinds in rates.items()}
 
 
-def _models(cfg, opts, paths: RunPaths) -> dict[str, Path | None]:
-    if opts.endpoint.base_url:
-        return {opts.endpoint.model or "endpoint": None}
+def _models(cfg, paths: RunPaths) -> dict[str, Path | None]:
+    if cfg.eval.endpoint.base_url:
+        return {cfg.eval.endpoint.model or "endpoint": None}
     if cfg.eval.checkpoint:
         return {Path(cfg.eval.checkpoint).name: Path(cfg.eval.checkpoint)}
     trained = {s: paths.model(s) for s in STAGE_MODELS if (paths.model(s) / "config.json").exists()}
@@ -106,33 +107,34 @@ def _models(cfg, opts, paths: RunPaths) -> dict[str, Path | None]:
 
 
 def evaluate(cfg: DictConfig, paths: RunPaths) -> dict:
-    opts = eval_options(cfg)
+    ev = cfg.eval
+    if ev.mode not in MODES:
+        raise ValueError(f"eval.mode: unknown mode '{ev.mode}' ({', '.join(MODES)})")
     out = paths.stage("eval")
-    source = Path(cfg.eval.input) if cfg.eval.input else paths.prepared / "eval"
-    samples = [view(r) for r in load_eval_set(source, cfg.eval.max_samples)]
+    source = Path(ev.input) if ev.input else paths.prepared / "eval"
+    samples = [view(r) for r in load_eval_set(source, ev.max_samples)]
     tracker = Tracker(cfg, "eval", out)
     results, per_sample = {}, {}
-    for name, ckpt in _models(cfg, opts, paths).items():
+    for name, ckpt in _models(cfg, paths).items():
         model_out = out / name
         model_out.mkdir(parents=True, exist_ok=True)
-        preds = (predict_endpoint(opts.endpoint, samples, model_out) if ckpt is None
+        preds = (predict_endpoint(ev.endpoint, samples, model_out) if ckpt is None
                  else predict_local(cfg, ckpt, samples, model_out))
-        results[name], per_sample[name] = score_predictions(opts, samples, preds, model_out)
-        results[name]["controllability"] = controllability(cfg, opts, ckpt, samples,
-                                                           model_out / "controllability")
-        results[name]["checkpoint"] = str(ckpt) if ckpt else opts.endpoint.base_url
-    title = f"{HEADLINE[opts.mode]} on {source} ({len(samples)} samples)"
+        results[name], per_sample[name] = score_predictions(ev, samples, preds, model_out)
+        results[name]["controllability"] = controllability(cfg, ckpt, samples, model_out / "controllability")
+        results[name]["checkpoint"] = str(ckpt) if ckpt else ev.endpoint.base_url
+    title = f"{HEADLINE[ev.mode]} on {source} ({len(samples)} samples)"
     report = table(results)
     body = [f"# Eval\n\n{title}\n\n{report}\n",
             f"## Rule metrics, all samples (x100)\n\n{rule_detail(results)}\n"]
     if control := controllability_table(results):
         body.append("## Controllability: observations obeying a simulation instruction (x100)\n\n"
                     f"{control}\n")
-    if opts.plots:
+    if ev.plots:
         files = plots(results, per_sample, out)
         body.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in files) + "\n")
     (out / "report.md").write_text("\n".join(body))
     print(f"\n{title}:\n{report}\n")
     for name, m in results.items():
         tracker.log({f"{name}/micro": m["micro"], f"{name}/macro": m["macro"]})
-    return tracker.finish({"source": str(source), "mode": opts.mode, "results": results})
+    return tracker.finish({"source": str(source), "mode": ev.mode, "results": results})

@@ -1,10 +1,11 @@
-"""Scores: the judge rubric aggregated as AgentWorldBench does, and the offline rule metrics.
+"""Scores: judgements aggregated as AgentWorldBench does, and the offline rule metrics.
 
 Judge (per sample, the benchmark's judged-file layout): five dimensions scored 1-5, 0 meaning
 invalid; the sample's total is the mean of its valid dimensions; a failed judgement has
 `failed` = 1. Per domain, each dimension and the total are averaged over valid samples whose
 value is not 0, then normalised to 0-100 as (raw - 1) / 4 * 100. The published "Overall" is the
-MACRO mean over domains; the MICRO mean over samples is reported beside it.
+MACRO mean over domains; the MICRO mean over samples is reported beside it. The A/B modes
+(Turing test, reference comparison) report the rate of wins per domain, micro and macro.
 
 Rule (no judge): the domain's verifier plus similarity (chrF, ROUGE-L, BLEU-4, our own code),
 error handling (does the prediction fail where the real environment failed) and long-context
@@ -18,13 +19,11 @@ import re
 from collections import Counter, defaultdict
 from statistics import mean
 
-DIMENSIONS = ("format", "factuality", "consistency", "realism", "quality")
+from lwm.domains import Domain
+from lwm.endpoints.judge import DIMENSIONS
+
 INVALID = 0
 
-# Generic failure markers across domains (shell, Python, HTTP, tool and MCP errors); a domain
-# may define `error_pattern` to replace them.
-ERROR = re.compile(r"(?i)(\berror\b|exception|traceback|not found|no such|permission denied|"
-                   r"fatal:|failed|invalid|\bis_?error\b|denied|cannot|unable to|\b[45]\d\d\b)")
 _NO_RESULT = re.compile(r"(?i)(no (results?|matches|items|entries|records)|nothing found|"
                         r"0 results|empty|\[\]|\{\})")
 _PAGE = re.compile(r"(?i)(page \d+|next page|more results|\d+\s*(of|/)\s*\d+|next_page|cursor|"
@@ -34,12 +33,6 @@ _SALIENT = re.compile(r"[\w./-]*[\d_./][\w./-]*|\"[^\"\n]{3,40}\"")
 
 def normalize(raw: float) -> float:
     return (raw - 1) / 4 * 100
-
-
-def sample_total(scores: dict) -> float | None:
-    """Mean of the valid (1-5) dimensions; None when none is valid."""
-    valid = [float(scores[d]) for d in DIMENSIONS if 1 <= float(scores.get(d) or 0) <= 5]
-    return mean(valid) if valid else None
 
 
 def aggregate_judged(rows: list[dict], domain_key=lambda r: str(r["task"]).split("/")[-1]) -> dict:
@@ -62,6 +55,23 @@ def aggregate_judged(rows: list[dict], domain_key=lambda r: str(r["task"]).split
     return {"domains": domains, "samples": len(rows), "valid": len(totals),
             "failed": len(rows) - len(totals),
             "micro": normalize(mean(totals)) if totals else None,
+            "macro": mean(scored) if scored else None}
+
+
+def aggregate_ab(rows: list[dict], key: str) -> dict:
+    """Per-domain rate (x100) of `key` (fooled / win) over valid judgements, micro and macro."""
+    by = defaultdict(list)
+    for r in rows:
+        by[r["task"]].append(r)
+    domains = {}
+    for d, rs in sorted(by.items()):
+        valid = [r[key] for r in rs if r.get("failed") == 0.0]
+        domains[d] = {"samples": len(rs), "valid": len(valid), "failed": len(rs) - len(valid),
+                      key: 100 * mean(valid) if valid else None}
+    vals = [r[key] for r in rows if r.get("failed") == 0.0]
+    scored = [e[key] for e in domains.values() if e[key] is not None]
+    return {"domains": domains, "samples": len(rows), "valid": len(vals),
+            "failed": len(rows) - len(vals), "micro": 100 * mean(vals) if vals else None,
             "macro": mean(scored) if scored else None}
 
 
@@ -131,8 +141,8 @@ def bleu(pred: str, ref: str, n: int = 4) -> float:
 # ---- behaviour checks ----
 
 def has_error(text: str, domain=None) -> bool:
-    pattern = getattr(domain, "error_pattern", None) or ERROR
-    return bool(re.search(pattern, text))
+    """The domain's error detection (Domain.is_error); without a domain, the generic one."""
+    return (domain or Domain()).is_error(text)
 
 
 def long_context_consistency(pred: str, ref: str, history: str) -> float | None:

@@ -19,13 +19,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from eval.config import EndpointConfig  # noqa: E402
-from serve.world_env import DEMO_ACTIONS, WorldModelEnv, endpoint_generator, local_generator  # noqa: E402
+from lwm.config import EndpointConfig  # noqa: E402
+from lwm.world_env import DEMO_ACTIONS, WorldModelEnv, endpoint_generator, local_generator  # noqa: E402
 
 
 def llm_agent(ecfg: EndpointConfig, domain: str, task: str):
     """An agent on an OpenAI-compatible endpoint: sees the episode, answers with one action."""
-    from eval.client import ChatClient
+    from lwm.endpoints.client import ChatClient
     from lwm.domains import get_domain
     client, dom = ChatClient(ecfg), get_domain(domain)
     history: list[dict] = [{"role": "system", "content":

@@ -11,12 +11,13 @@ launcher instead and become job arrays.
 from __future__ import annotations
 
 import argparse
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 from string import Template
 
-from launch.torchrun import nproc_per_node, quoted
+from lwm.cluster import sbatch_options
 from lwm.parallel_config import parallel_plan, world_size_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,31 +28,19 @@ def compose(stage: str, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from lwm.cli import CONFIG_DIR
+    from launch.cli import CONFIG_DIR
     from lwm.config import register_configs
     register_configs()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         return hydra_compose("config", overrides=[f"stage={stage}", "run_dir=unused", *overrides])
 
 
-def sbatch_options(c) -> dict:
-    """The optional #SBATCH settings of a cluster config, shared by this template and the submitit
-    launcher (configs/hydra/launcher/lwm_slurm.yaml): unset ones are left out, not passed empty."""
-    opts = {k: v for k, v in (("partition", c.partition), ("account", c.account), ("qos", c.qos),
-                              ("constraint", c.constraint)) if v}
-    if c.exclusive:
-        opts["exclusive"] = True
-    if c.requeue:
-        opts["requeue"] = True  # `scontrol requeue` is refused for a job submitted without it
-    return opts
+def nproc_per_node(ccfg) -> int:
+    return max(ccfg.gpus_per_node, 1)
 
 
-def submitit_options(c) -> dict:
-    """`additional_parameters` of the submitit launcher: sbatch_options plus the per-task resources.
-    There one Slurm task runs per GPU, so the node's cpus_per_task (one torchrun task per node in
-    the template) is split between them."""
-    return {**sbatch_options(c), "cpus-per-task": max(c.cpus_per_task // max(c.gpus_per_node, 1), 1),
-            "mem": f"{c.mem_gb}G" if c.mem_gb else "0"}
+def quoted(overrides: list[str]) -> str:
+    return " ".join(shlex.quote(o) for o in overrides)
 
 
 def render(cfg, stage: str, overrides: list[str], runs_dir: str = "runs") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import random
@@ -12,41 +13,38 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from launch import preempt
 from lwm import domains
-from lwm.config import STAGES
 from lwm.tracking import RunPaths
+from lwm.train import preempt
 
 log = logging.getLogger("lwm")
 
 
+# Every command of `lwm`, in one table: name -> "module:function" taking (cfg, RunPaths). The
+# pipeline stages are listed in the order `lwm run` runs them. Imported lazily, so `lwm collect`
+# does not pay for importing TRL. Adding a stage: its package, plus one line here.
+PIPELINE = {
+    "collect": "data_pipeline.collect.runner:collect_stage",
+    "prepare": "data_pipeline.prepare:prepare",
+    "cpt": "pretrain.train:train",
+    "sft": "sft.train:train",
+    "rl": "rl.train:train",
+    "eval": "eval.run:evaluate",
+}
+TOOLS = {
+    "ingest": "data_pipeline.ingest:ingest",
+    "serve": "serve.server:serve",
+}
+STAGES = tuple(PIPELINE)
+COMMANDS = STAGES + ("run", *TOOLS)
+
+
 def _stage_fn(name: str):
-    # Imported lazily: `lwm collect` must not pay for importing TRL.
-    if name == "collect":
-        from data_pipeline.collect.runner import collect
-        return lambda cfg, paths: collect(cfg, paths.stage("collect"))
-    if name == "ingest":
-        from data_pipeline.ingest import ingest
-        return ingest
-    if name == "serve":
-        from serve.server import serve
-        return serve
-    if name == "prepare":
-        from data_pipeline.prepare import prepare
-        return prepare
-    if name == "cpt":
-        from pretrain.train import train
-        return train
-    if name == "sft":
-        from sft.train import train
-        return train
-    if name == "rl":
-        from rl.train import train
-        return train
-    if name == "eval":
-        from eval.run import evaluate
-        return evaluate
-    raise ValueError(f"unknown stage '{name}'")
+    target = PIPELINE.get(name) or TOOLS.get(name)
+    if target is None:
+        raise ValueError(f"unknown stage '{name}': expected one of {', '.join(COMMANDS)}")
+    module, fn = target.split(":")
+    return getattr(importlib.import_module(module), fn)
 
 
 def setup(cfg: DictConfig) -> RunPaths:

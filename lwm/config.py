@@ -9,13 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 
-from eval.config import EndpointConfig, JudgeConfig
 from lwm.env_config import (McpEnvConfig, OsEnvConfig, SearchEnvConfig, SweEnvConfig,
                             WebEnvConfig)
 from lwm.parallel_config import DeepSpeedConfig, MegatronConfig
-from serve.config import ServeConfig
-
-STAGES = ("collect", "prepare", "cpt", "sft", "rl", "eval")
 
 
 @dataclass
@@ -182,9 +178,15 @@ class PrepareConfig:
 class TrainConfig:
     """Fields shared by the three training stages."""
     init: str = ""                 # checkpoint to start from; empty = the previous stage's output
+    # One optimizer and schedule on every backend (lwm/train/optim.py): AdamW, linear warmup from 0,
+    # cosine decay to min_lr_ratio * lr; warmup capped at max_warmup_fraction of max_steps.
     lr: float = 1e-3
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0      # not on biases and norm weights
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    adam_eps: float = 1e-8
     warmup_steps: int = 10
+    max_warmup_fraction: float = 0.1
+    min_lr_ratio: float = 0.1
     max_steps: int = 100
     batch_size: int = 8
     grad_accum: int = 1
@@ -199,6 +201,26 @@ class CptConfig(TrainConfig):
     max_steps: int = 150
     batch_size: int = 4
     lr: float = 2e-3
+
+
+@dataclass
+class EndpointConfig:
+    """An OpenAI-compatible chat endpoint (vLLM, SGLang, `lwm serve`, a hosted API)."""
+    base_url: str = ""             # empty = no endpoint
+    model: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 8           # requests in flight
+    max_retries: int = 3           # per request, with exponential backoff
+    timeout_s: float = 120.0
+    temperature: float = 0.0
+    max_tokens: int = 1024
+
+
+@dataclass
+class JudgeConfig(EndpointConfig):
+    prompts: str = ""              # a folder of judge prompt templates; empty = lwm/endpoints/prompts
+    baseline: str = ""             # eval reference mode: predictions.jsonl of the model compared against
+    seed: int = 0                  # which side (A/B) holds the model's answer
 
 
 @dataclass
@@ -266,6 +288,19 @@ class EvalConfig:
 
 
 @dataclass
+class ServeConfig:
+    """`lwm serve`: a checkpoint behind an OpenAI-compatible chat endpoint."""
+    checkpoint: str = ""           # empty = the run's latest trained stage
+    host: str = "127.0.0.1"
+    port: int = 8000
+    backend: str = "auto"          # auto (vLLM when installed, else hf) | vllm | hf
+    model_name: str = ""           # the id clients send; empty = the checkpoint folder's name
+    domain: str = ""               # system prompt for requests that bring none; empty = none added
+    max_new_tokens: int = 1024     # when a request sets no max_tokens
+    max_batch: int = 8             # hf backend: requests generated together
+
+
+@dataclass
 class WandbConfig:
     mode: str = "offline"          # offline | online | disabled
     project: str = "lwm"
@@ -300,7 +335,7 @@ def register_resolvers() -> None:
     from omegaconf import OmegaConf
 
     def submitit_options(cluster):
-        from launch.slurm import submitit_options
+        from lwm.cluster import submitit_options
         return submitit_options(cluster)
     # Slurm options derived from cluster.* (configs/hydra/launcher/lwm_slurm.yaml).
     OmegaConf.register_new_resolver("lwm.submitit_options", submitit_options, replace=True)

@@ -1,7 +1,7 @@
 """Typed settings of the cluster-scale backends, and the parallel layout they imply.
 
 `backend.deepspeed.*` and `backend.megatron.*` hold each framework's knobs under our names;
-pretrain/backends/ translates them into a DeepSpeed JSON or a Megatron TransformerConfig.
+lwm/train/engines/ translates them into a DeepSpeed JSON or a Megatron TransformerConfig.
 `parallel_plan()` checks every size that has to divide before any process group exists, so
 a bad layout fails at start-up with the field names, not with a shape error inside NCCL.
 """
@@ -9,6 +9,8 @@ a bad layout fails at start-up with the field names, not with a shape error insi
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from lwm.models import family
 
 BACKENDS = ("hf", "deepspeed", "megatron")
 
@@ -27,8 +29,6 @@ class DeepSpeedConfig:
     stage3_prefetch_bucket_size: int = 50_000_000
     stage3_param_persistence_threshold: int = 100_000
     stage3_gather_16bit_weights_on_model_save: bool = True
-    ep_size: int = 1                     # DeepSpeed-MoE expert parallel size (ZeRO 0-2 only)
-    torch_adam: bool = True              # torch's AdamW: no FusedAdam / cpu_adam JIT build
     activation_checkpointing: bool = False
     wall_clock_breakdown: bool = False
 
@@ -79,7 +79,7 @@ class ParallelPlan:
                 f"{self.num_local_experts} experts per rank; {self.layers_per_stage} layers per stage")
 
 
-def _must_divide(errors: list[str], a: int, a_name: str, b: int, b_name: str) -> None:
+def must_divide(errors: list[str], a: int, a_name: str, b: int, b_name: str) -> None:
     if b <= 0:
         errors.append(f"{b_name} = {b} must be >= 1")
     elif a % b:
@@ -92,41 +92,31 @@ def parallel_plan(mcfg, bcfg, world_size: int) -> ParallelPlan:
     if bcfg.name not in BACKENDS:
         raise ValueError(f"backend.name = '{bcfg.name}': expected one of {', '.join(BACKENDS)}")
     if bcfg.name != "megatron":
-        ep = bcfg.deepspeed.ep_size if bcfg.name == "deepspeed" else 1
-        _must_divide(errors, world_size, "world size", ep, "backend.deepspeed.ep_size")
-        _must_divide(errors, mcfg.num_experts, "model.num_experts", ep, "backend.deepspeed.ep_size")
-        if bcfg.name == "deepspeed" and ep > 1 and bcfg.deepspeed.zero_stage == 3:
-            errors.append("backend.deepspeed.ep_size > 1 needs zero_stage <= 2 (DeepSpeed refuses ZeRO-3 with MoE)")
+        # hf and deepspeed train the HF MoE blocks: experts are data-parallel (expert parallelism
+        # is Megatron's)
         if bcfg.name == "deepspeed" and bcfg.deepspeed.offload_param != "none" and bcfg.deepspeed.zero_stage != 3:
             errors.append("backend.deepspeed.offload_param needs zero_stage = 3")
         if errors:
             raise ValueError("parallel layout: " + "; ".join(errors))
-        return ParallelPlan(world_size=world_size, ep=ep, dp=world_size, expert_dp=world_size // ep,
-                            num_local_experts=mcfg.num_experts // ep, layers_per_stage=mcfg.num_layers)
+        return ParallelPlan(world_size=world_size, ep=1, dp=world_size, expert_dp=world_size,
+                            num_local_experts=mcfg.num_experts, layers_per_stage=mcfg.num_layers)
     m = bcfg.megatron
     tp, pp, cp, ep, etp = (m.tensor_parallel, m.pipeline_parallel, m.context_parallel,
                            m.expert_parallel, m.expert_tensor_parallel)
-    _must_divide(errors, mcfg.num_heads, "model.num_heads", tp, "backend.megatron.tensor_parallel")
-    _must_divide(errors, mcfg.num_kv_heads, "model.num_kv_heads", tp, "backend.megatron.tensor_parallel")
-    _must_divide(errors, mcfg.num_experts, "model.num_experts", ep, "backend.megatron.expert_parallel")
-    _must_divide(errors, mcfg.moe_intermediate_size, "model.moe_intermediate_size", etp,
-                 "backend.megatron.expert_tensor_parallel")
-    if mcfg.arch == "qwen3_5_moe":
-        _must_divide(errors, mcfg.linear_num_key_heads, "model.linear_num_key_heads", tp,
-                     "backend.megatron.tensor_parallel")
-        _must_divide(errors, mcfg.linear_num_value_heads, "model.linear_num_value_heads", tp,
-                     "backend.megatron.tensor_parallel")
-        if cp > 1:  # megatron-core's GatedDeltaNet has no context-parallel path yet
-            errors.append("backend.megatron.context_parallel must be 1 for qwen3_5_moe "
-                          "(megatron-core's Gated DeltaNet layers do not split the sequence)")
+    must_divide(errors, mcfg.num_heads, "model.num_heads", tp, "backend.megatron.tensor_parallel")
+    must_divide(errors, mcfg.num_kv_heads, "model.num_kv_heads", tp, "backend.megatron.tensor_parallel")
+    must_divide(errors, mcfg.num_experts, "model.num_experts", ep, "backend.megatron.expert_parallel")
+    must_divide(errors, mcfg.moe_intermediate_size, "model.moe_intermediate_size", etp,
+                "backend.megatron.expert_tensor_parallel")
+    family(mcfg.arch).check_parallel(mcfg, m, errors)
     stages = pp * max(m.virtual_pipeline_parallel, 1)
-    _must_divide(errors, mcfg.num_layers, "model.num_layers", stages,
-                 "backend.megatron.pipeline_parallel * virtual_pipeline_parallel")
-    _must_divide(errors, world_size, "world size (cluster.nodes * cluster.gpus_per_node)", tp * pp * cp,
-                 "tensor_parallel * pipeline_parallel * context_parallel")
+    must_divide(errors, mcfg.num_layers, "model.num_layers", stages,
+                "backend.megatron.pipeline_parallel * virtual_pipeline_parallel")
+    must_divide(errors, world_size, "world size (cluster.nodes * cluster.gpus_per_node)", tp * pp * cp,
+                "tensor_parallel * pipeline_parallel * context_parallel")
     # The expert layers fold the same ranks as ETP x EP x expert-DP x PP (MoE parallel folding).
-    _must_divide(errors, world_size, "world size (cluster.nodes * cluster.gpus_per_node)", etp * ep * pp,
-                 "expert_tensor_parallel * expert_parallel * pipeline_parallel")
+    must_divide(errors, world_size, "world size (cluster.nodes * cluster.gpus_per_node)", etp * ep * pp,
+                "expert_tensor_parallel * expert_parallel * pipeline_parallel")
     if ep == 1 and etp != tp and mcfg.num_experts > 0:
         # megatron-core marks expert weights as dense when EP = 1 and reduces their gradients over
         # the dense data-parallel group: with ETP != TP that group is not the experts' own and the

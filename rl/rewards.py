@@ -2,108 +2,21 @@
 at the judge.
 
 Only the observation extracted from <predicted_observation> reaches the judge and the rules;
-reasoning is never scored. The rubric is eval's five-dimension judge (eval/judge.py: prompts,
-parsing, retries) with a per-domain paragraph from rl/judge_prompts/ on what is deterministic
-(judged strictly) and what is pre-existing or runtime content (judged for plausibility). A failed
-or unparseable judgement gives rubric 0 and is counted, so an outage lowers the signal but never
-stops training. An observation that praises itself or addresses the grader is not sent to the
+reasoning is never scored. The rubric is the library's five-dimension judge (lwm/endpoints/judge.py:
+prompts with the domain's judging paragraph, parsing, retries). A failed or unparseable judgement
+gives rubric 0 and is counted, so an outage lowers the signal but never stops training. An
+observation that praises itself or addresses the grader (judge_directed) is not sent to the
 judge at all (the injection never reaches it), earns no rubric or rule reward and pays the guard
 penalty, so it always scores below the same observation without that text.
 """
 
 from __future__ import annotations
 
-import logging
-import re
 from collections import Counter
-from pathlib import Path
 from statistics import mean
 
-from eval.client import ChatClient, run_concurrent
-from eval.data import view
-from eval.judge import Prompts, judge_one
-from eval.score import DIMENSIONS
 from lwm.domains import extract_observation, get_domain
-
-log = logging.getLogger("lwm.rl")
-DOMAIN_PROMPTS = Path(__file__).parent / "judge_prompts"
-
-# Text a real environment does not print but a policy gaming an LLM judge would: self-assessment,
-# requests for a score, words addressed to the grader, instructions to the reader.
-_GUARD = [re.compile(p, re.I) for p in (
-    r"\b(this|the|my|above|our)\s+(predicted\s+|simulated\s+)?(observation|output|prediction|response|"
-    r"answer|simulation|result)\s+(is|was|looks|seems)\s+(\w+\s+)?(accurate|correct|perfect|realistic|"
-    r"faithful|exact|flawless|identical|consistent|plausible|right)",
-    r"\b(matches|identical\s+to|same\s+as)\s+(the\s+)?(real|reference|ground[\s-]?truth|actual|"
-    r"expected)\s+(observation|output|environment|answer)",
-    r"\b(rate|score|grade|mark|judge)\s+(this|it|me|the\s+(prediction|observation|output))\b",
-    r"\b([1-5]|five)\s*(/|out\s+of)\s*5\b|\b(full|top|maximum|highest|perfect)\s+(marks|score|rating|points)",
-    r"\b(as|dear|to|attention|note\s+(to|for)|hey|hello)\s+(the\s+|an?\s+|any\s+)?(ai\s+|llm\s+)?"
-    r"(judge|grader|evaluator|reviewer|scorer|assessor)s?\b",
-    r"\b(judge|grader|evaluator|reviewer|scorer)s?\s*(:|,|should|must|will|can|please)",
-    r"\b(format|factuality|consistency|realism|quality)\s*[:=]\s*[1-5]\b",
-    r"\b(ignore|disregard|forget|override)\s+(all\s+|any\s+)?(the\s+)?(previous|prior|above|earlier|"
-    r"preceding|system|your)\s+(instructions?|prompts?|messages?|rules?|rubric|guidelines)",
-    r"\b(new|updated)\s+instructions?\s*:|\byou\s+are\s+now\b|\bsystem\s+prompt\b",
-    r"\bground[\s-]?truth\b|\breference\s+observation\b",
-)]
-
-
-def judge_directed(observation: str, reference: str = "") -> list[str]:
-    """Phrases of a predicted observation aimed at its grader. A phrase the real observation
-    contains too is the environment's own text (a web page or file can say anything) and passes."""
-    ref = reference.lower()
-    hits = [m.group(0) for p in _GUARD for m in p.finditer(observation)]
-    return [h for h in hits if h.lower() not in ref]
-
-
-class RubricPrompts(Prompts):
-    """eval's rubric prompts with the domain's judging paragraph appended to the system prompt."""
-
-    def messages(self, kind: str, domain: str, **fields) -> list[dict]:
-        messages = super().messages(kind, domain, **fields)
-        guide = DOMAIN_PROMPTS / f"{domain}.txt"
-        if kind == "rubric" and guide.exists():
-            messages[0] = {"role": "system",
-                           "content": messages[0]["content"].rstrip() + "\n\n" + guide.read_text().strip()}
-        return messages
-
-
-def rubric_item(prompt: list[dict], reference: str, domain: str, prediction: str, sid: str) -> dict:
-    """What eval's judge_one expects, from a chat prompt (history, current action)."""
-    sample = view({"id": sid, "task": domain, "prompt": prompt, "response": [reference]})
-    return {"task": domain, "id": sid, "history": sample.history, "current": sample.current,
-            "prediction": prediction, "reference": sample.reference}
-
-
-def normalised(row: dict) -> tuple[float | None, dict]:
-    """A judgement row's total and dimensions mapped from 1-5 onto [0, 1]; None when failed."""
-    if row.get("failed", 1.0) != 0.0:
-        return None, {}
-    dims = {d: (float(row[d]) - 1) / 4 for d in DIMENSIONS if 1 <= float(row.get(d) or 0) <= 5}
-    return (float(row["total_score"]) - 1) / 4, dims
-
-
-class Judge:
-    """The rubric judge behind an OpenAI-compatible endpoint: many judgements at once."""
-
-    def __init__(self, jcfg):
-        self.cfg, self.client = jcfg, ChatClient(jcfg)
-        self.prompts = RubricPrompts(jcfg.prompts)
-
-    def score_all(self, items: list[dict]) -> list[tuple[float | None, dict]]:
-        results: dict[int, tuple] = {}
-
-        def one(i):
-            try:
-                return normalised(judge_one(self.client, self.prompts, "rubric", items[i], self.cfg.seed))
-            except Exception as e:  # anything but an answer is a failed judgement, never a crash
-                log.warning("judge: %s", e)
-                return None, {}
-
-        run_concurrent(one, range(len(items)), self.cfg.concurrency,
-                       lambda i, r: results.__setitem__(i, r))
-        return [results[i] for i in range(len(items))]
+from lwm.endpoints.judge import DIMENSIONS, Judge, judge_directed, rubric_item
 
 
 def _text(completion) -> str:

@@ -8,7 +8,7 @@ rl.use_vllm, transformers' generate otherwise. TRL logs every reward component
 (rewards/<name>/mean), the rubric dimensions, judge failure rate, completion length, KL and
 clip ratios to wandb each logging step; the same per-step series go to rl/metrics.json.
 
-The backend is SFT's (sft.train.backend_args): hf (DDP under torchrun) or DeepSpeed ZeRO 0-3 with
+The backend is SFT's (lwm.train.trl.backend_args): hf (DDP under torchrun) or DeepSpeed ZeRO 0-3 with
 a config generated from ours (TRL gathers ZeRO-3 weights for generation); rank 0 writes the
 metrics and the final model.
 """
@@ -24,12 +24,12 @@ import datasets
 from omegaconf import DictConfig
 from trl import GRPOConfig, GRPOTrainer
 
-from lwm.modeling import load_model
+from lwm.models.hf import load_model
 from lwm.tokenizer import encode_prompt, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
-from pretrain.backends import dist as pdist
+from lwm.train import dist
+from lwm.train.trl import backend_args, check_world, resume_arg, save_final, trainer_args
 from rl.rewards import HybridReward
-from sft.train import backend_args, check_world, resume_arg, save_final, trainer_args
 
 log = logging.getLogger("lwm.rl")
 
@@ -82,12 +82,12 @@ def all_ranks(counts: Counter, device) -> dict:
 
 def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tcfg, out = cfg.rl, paths.stage("rl")
-    rank, world = pdist.init()  # torchrun's or a submitit task's group; none for one process
-    backend = backend_args(cfg, tcfg, world, "rl")  # fails on an unsupported backend before any work
     final = paths.model("rl")
     if (final / "complete").exists() and tcfg.resume != "never":
         log.info("rl: %s is already trained", final)
         return Tracker.load(out)
+    rank, world = dist.init()  # torchrun's or a submitit task's group; none for one process
+    backend = backend_args(cfg, tcfg, world, "rl")  # fails on an unsupported backend before any work
     if tcfg.algorithm not in ("grpo", "gspo"):
         raise ValueError(f"rl.algorithm: '{tcfg.algorithm}' is not one of grpo, gspo")
     reward = HybridReward(tcfg)

@@ -1,21 +1,14 @@
-"""Text generation behind `lwm serve` and WorldModelEnv: a local transformers model, vLLM, or
-an OpenAI-compatible endpoint. Each is a callable taking chat message lists."""
+"""Text generation behind `lwm serve` (and WorldModelEnv's local_generator): a local
+transformers model or vLLM. Each is a callable taking a list of lwm.endpoints.generate.Request."""
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-
-@dataclass
-class Request:
-    messages: list[dict]
-    max_tokens: int = 512
-    temperature: float = 0.0
-    seed: int | None = None
+from lwm.endpoints.generate import Request, generate
 
 
 class HFBackend:
@@ -27,7 +20,7 @@ class HFBackend:
 
     @classmethod
     def load(cls, checkpoint: str | Path, mcfg=None, dtype: str = "float32") -> "HFBackend":
-        from lwm.modeling import load_model
+        from lwm.models.hf import load_model
         from lwm.tokenizer import load_tokenizer
         model = load_model(checkpoint, mcfg, dtype)
         if torch.cuda.is_available():
@@ -38,7 +31,6 @@ class HFBackend:
         return len(self.tok.encode(text, add_special_tokens=False))
 
     def __call__(self, requests: list[Request]) -> list[str]:
-        from eval.generate import generate
         from lwm.tokenizer import encode_prompt
         r0 = requests[0]
         prompts = [encode_prompt(self.tok, r.messages) for r in requests]

@@ -21,9 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from lwm.domains import get_domain
+from lwm.endpoints.generate import Request
 from lwm.schema import Trajectory
-from serve.backends import Request, load_backend
-from serve.config import serve_options
+from serve.backends import load_backend
 
 log = logging.getLogger("lwm.serve")
 
@@ -171,7 +171,7 @@ class WorldModelServer(ThreadingHTTPServer):
 
 def serve(cfg, paths) -> dict:
     """The `lwm serve` stage: blocks until interrupted."""
-    scfg = serve_options(cfg)
+    scfg = cfg.serve
     if scfg.checkpoint:
         ckpt = Path(scfg.checkpoint)
     else:

@@ -23,9 +23,9 @@ from collections import defaultdict
 from datetime import timedelta
 from pathlib import Path
 
-from eval.client import ChatClient, EndpointError, run_concurrent
 from lwm.domains import OBS_OPEN, extract_observation, get_domain
-from rl.rewards import Judge, judge_directed, rubric_item
+from lwm.endpoints.client import ChatClient, EndpointError, run_concurrent
+from lwm.endpoints.judge import Judge, judge_directed, rubric_item
 
 log = logging.getLogger("lwm.sft")
 
@@ -69,7 +69,7 @@ class LocalTeacher:
     """A local checkpoint sampled with transformers (one query at a time, k sequences)."""
 
     def __init__(self, tcfg, model_cfg, dtype: str):
-        from lwm.modeling import load_model
+        from lwm.models.hf import load_model
         from lwm.tokenizer import load_tokenizer
         self.cfg, self.name = tcfg, f"local|{tcfg.path}"
         self.tok = load_tokenizer(tcfg.path)
@@ -192,7 +192,7 @@ def on_rank0(compute):
     a broadcast on a gloo group of its own, whose timeout outlasts a long teacher run (the default
     group's would not) and which needs no GPU for the Python objects it carries."""
     import torch.distributed as dist
-    from pretrain.backends import dist as pdist
+    from lwm.train import dist as pdist
     rank, world = pdist.init()  # joins the job's group, if any; creates none for one process
     if world == 1:
         return compute()

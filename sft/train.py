@@ -23,11 +23,13 @@ from tqdm import tqdm
 from trl import SFTConfig, SFTTrainer
 
 from lwm.domains import extract_observation
-from lwm.modeling import load_model
+from lwm.models.hf import load_model
 from lwm.render import target
 from lwm.tokenizer import drop_oldest_turn, encode_chat, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
-from pretrain.backends import dist as pdist
+from lwm.train import dist, loop
+from lwm.train.data import RowBatches
+from lwm.train.trl import backend_args, check_world, resume_arg, save_final, trainer_args
 from sft.teacher import on_rank0, reasoning_targets
 
 log = logging.getLogger("lwm.sft")
@@ -88,89 +90,6 @@ def tokenized_samples(tok, records, max_length: int, train_history: bool,
     return datasets.Dataset.from_list(rows), stats
 
 
-def trainer_args(cfg: DictConfig, tcfg, out: Path, **extra) -> dict:
-    """TrainingArguments shared by the TRL stages, from our typed config."""
-    return dict(
-        output_dir=str(out / "checkpoints"), max_steps=tcfg.max_steps, learning_rate=tcfg.lr,
-        weight_decay=tcfg.weight_decay, warmup_steps=tcfg.warmup_steps,
-        lr_scheduler_type="cosine", per_device_train_batch_size=tcfg.batch_size,
-        gradient_accumulation_steps=tcfg.grad_accum, max_grad_norm=tcfg.max_grad_norm,
-        logging_steps=tcfg.log_every, save_steps=tcfg.save_every, save_total_limit=2,
-        seed=cfg.seed, data_seed=cfg.seed, use_cpu=not _cuda(),
-        bf16=cfg.backend.dtype == "bfloat16", report_to=[] if cfg.wandb.mode == "disabled" else ["wandb"],
-        run_name=f"{cfg.run_name}-{out.name}", disable_tqdm=False, dataloader_num_workers=0,
-        **extra)
-
-
-def backend_args(cfg: DictConfig, tcfg, world: int, stage: str = "sft") -> dict:
-    """The TrainingArguments that pick the backend of a TRL stage (`lwm sft`, `lwm rl`): hf (the
-    Trainer's DDP under torchrun) or DeepSpeed with a config generated from ours."""
-    b = cfg.backend
-    if b.name == "megatron":
-        raise NotImplementedError(f"backend=megatron is not implemented for `lwm {stage}` yet: use "
-                                  f"backend=deepspeed (ZeRO 0-3) or backend=hf for {stage}")
-    if b.name == "hf":
-        if b.strategy != "ddp":
-            # The Trainer's FSDP on CPU silently falls back to DDP (STACK.md): refuse it by name.
-            raise NotImplementedError(f"{stage} with backend=hf trains DDP only, not backend.strategy="
-                                      f"{b.strategy}; shard with backend=deepspeed backend.deepspeed.zero_stage=3")
-        return {}
-    d = b.deepspeed
-    if d.zero_stage == 3 and not d.stage3_gather_16bit_weights_on_model_save:
-        # Without the gather, Trainer.save_model writes a placeholder model and only warns.
-        raise ValueError(f"{stage} with backend.deepspeed.zero_stage=3 needs "
-                         "backend.deepspeed.stage3_gather_16bit_weights_on_model_save=true")
-    if d.ep_size > 1:
-        raise NotImplementedError("backend.deepspeed.ep_size > 1 needs DeepSpeed-MoE layers; "
-                                  "the HF MoE blocks train with ep_size 1")
-    from pretrain.backends.deepspeed import ds_config
-    # The optimizer and schedule stay the Trainer's (the AdamW and warmup+cosine of backend=hf),
-    # so switching backend changes the parallelism, not the optimisation. A DeepSpeed "optimizer"
-    # section would replace them, and the Trainer refuses one whose betas differ from its own.
-    ds = ds_config(b, tcfg, world, client_optimizer=True)
-    # DeepSpeed needs a process group even for one rank; without torchrun it would look for MPI.
-    pdist.init(always=True)
-    # deepspeed.comm must know the world before any model is built under ZeRO-3 (GRPO's reference
-    # model is, via zero.Init): left to the Trainer, it counts world 1 there and the batch check fails.
-    import deepspeed
-    deepspeed.init_distributed(dist_backend="nccl" if _cuda() else "gloo")
-    return {"deepspeed": ds, "gradient_checkpointing": d.activation_checkpointing}
-
-
-def check_world(trainer, world: int, backend: str, stage: str = "sft") -> None:
-    """The Trainer can silently run as world 1 while torchrun started several ranks (each then
-    trains its own replica): refuse that."""
-    got = trainer.args.world_size
-    if got != world:
-        raise RuntimeError(f"{stage}: the Trainer sees world size {got}, torchrun started WORLD_SIZE={world}; "
-                           "the ranks would train unsynchronised replicas")
-    if backend == "deepspeed" and not trainer.is_deepspeed_enabled:
-        raise RuntimeError(f"{stage}: backend=deepspeed but the Trainer did not enable DeepSpeed")
-
-
-def _cuda() -> bool:
-    import torch
-    return torch.cuda.is_available()
-
-
-def resume_arg(resume: str, ckpt_dir: Path) -> str | bool | None:
-    """Map our resume setting onto Trainer's: auto resumes the last checkpoint if there is one."""
-    if resume == "never":
-        return None
-    if resume == "auto":
-        return True if any(ckpt_dir.glob("checkpoint-*")) else None
-    return resume
-
-
-def save_final(trainer, tok, final: Path) -> None:
-    """Every rank calls this (ZeRO-3 gathers the weights collectively); rank 0 writes."""
-    trainer.model.config.output_router_logits = False
-    trainer.save_model(str(final))
-    if trainer.is_world_process_zero():
-        tok.save_pretrained(final)
-        (final / "complete").touch()
-
-
 def teacher_reasoning(cfg: DictConfig, records, out: Path) -> tuple[dict[str, str], dict | None]:
     """The accepted teacher reasoning per sample ({} and None without a teacher). Rank 0 asks
     the teacher and writes its cache; the other ranks get the same targets."""
@@ -184,27 +103,30 @@ def teacher_reasoning(cfg: DictConfig, records, out: Path) -> tuple[dict[str, st
 
 
 def train(cfg: DictConfig, paths: RunPaths) -> dict:
-    if cfg.backend.name == "megatron":
-        from pretrain.backends.megatron_train import train_sft
-        return train_sft(cfg, paths)
     tcfg, out = cfg.sft, paths.stage("sft")
-    rank, world = pdist.init()  # torchrun's or a submitit task's group; none for one process
-    backend = backend_args(cfg, tcfg, world)  # fails on an unsupported backend before any work
     final = paths.model("sft")
     if (final / "complete").exists() and tcfg.resume != "never":
         log.info("sft: %s is already trained", final)
         return Tracker.load(out)
+    rank, world = dist.init(always=cfg.backend.name == "megatron")  # torchrun's or a submitit task's group
+    backend = {} if cfg.backend.name == "megatron" else backend_args(cfg, tcfg, world, "sft")
     init = Path(tcfg.init) if tcfg.init else paths.model("cpt")
     tok = load_tokenizer(init)
-    model = load_model(init, cfg.model, cfg.backend.dtype)
-    # The MoE load-balancing loss is added during training only.
-    model.config.output_router_logits = True
     records = datasets.Dataset.from_parquet(paths.shards("sft"))
     reasoning, teacher_stats = teacher_reasoning(cfg, records, out)
     dataset, stats = tokenized_samples(tok, records, tcfg.max_length,
                                        tcfg.train_history_observations, reasoning)
+    stats["init"] = str(init)
     if teacher_stats is not None:
         stats["teacher"] = teacher_stats
+    if cfg.backend.name == "megatron":
+        # Megatron has no packed-sequence attention here: one sample per row, right-padded.
+        rows = RowBatches(dataset, tcfg.max_length, tok.pad_token_id, cfg.seed)
+        return loop.run(cfg, paths, loop.Job(stage="sft", tcfg=tcfg, tok=tok, train=rows, heldout=None,
+                                             seq_len=tcfg.max_length, init=str(init), extra=stats))
+    model = load_model(init, cfg.model, cfg.backend.dtype)
+    # The MoE load-balancing loss is added during training only.
+    model.config.output_router_logits = True
     tracker = Tracker(cfg, "sft", out) if rank == 0 else None
     # Packing is padding-free (position ids restart per sample), so neither attention nor the
     # loss crosses sample boundaries; tests/test_sft_packing.py checks the loss is unchanged.
@@ -213,15 +135,16 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
                                     padding_free=tcfg.packing, completion_only_loss=None,
                                     **backend))
     trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
-    check_world(trainer, world, cfg.backend.name)
+    check_world(trainer, world, cfg.backend.name, "sft")
     result = trainer.train(resume_from_checkpoint=resume_arg(tcfg.resume, out / "checkpoints"))
     save_final(trainer, tok, final)
     if tracker is None:
         return {}
     history = [h for h in trainer.state.log_history if "loss" in h]
     return tracker.finish({
-        **stats, "init": str(init), "steps": trainer.state.global_step,
+        **stats, "steps": trainer.state.global_step,
         "backend": cfg.backend.name, "data_parallel": trainer.args.world_size,
+        "warmup_steps": args.warmup_steps,
         "train_loss_first": history[0]["loss"] if history else None,
         "train_loss_last": history[-1]["loss"] if history else None,
         "train_runtime_s": result.metrics.get("train_runtime"), "checkpoint": str(final)})

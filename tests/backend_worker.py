@@ -18,7 +18,7 @@ STEPS, BATCH, SEQ, VOCAB = 3, 2, 16, 128
 
 def tiny_model():
     from lwm.config import ModelConfig
-    from lwm.modeling import build_model
+    from lwm.models.hf import build_model
     torch.manual_seed(0)
     return build_model(ModelConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, head_dim=16,
                                    intermediate_size=64, moe_intermediate_size=32, num_experts=4,
@@ -42,7 +42,7 @@ def mean_over_ranks(x: float) -> float:
 
 
 def run_hf(strategy: str, rank: int, world: int) -> list[float]:
-    from pretrain.backends.hf_parallel import clip_grad_norm, wrap
+    from lwm.train.engines.hf import clip_grad_norm, wrap
     model = wrap(tiny_model(), strategy)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)  # as ds_config
     losses = []
@@ -60,11 +60,14 @@ def run_ds_zero(stage: int, rank: int, world: int) -> list[float]:
     import deepspeed
 
     from lwm.config import BackendConfig, CptConfig
-    from pretrain.backends.deepspeed import ds_config
+    from lwm.train.engines.deepspeed import ds_config
+    from lwm.train.optim import spec, torch_optimizer
     b = BackendConfig(name="deepspeed")
     b.deepspeed.zero_stage = stage
-    tcfg = CptConfig(batch_size=BATCH * 2 // world, grad_accum=1, lr=1e-2, max_grad_norm=1.0)
-    engine, *_ = deepspeed.initialize(model=tiny_model(), config=ds_config(b, tcfg, world))
+    tcfg = CptConfig(batch_size=BATCH * 2 // world, grad_accum=1, lr=1e-2, max_grad_norm=1.0, warmup_steps=0)
+    model = tiny_model()
+    engine, *_ = deepspeed.initialize(model=model, optimizer=torch_optimizer(model, spec(tcfg)),
+                                      config=ds_config(b, tcfg, world))
     losses = []
     for ids in batches(rank, world):
         loss = engine(input_ids=ids, labels=ids, use_cache=False).loss

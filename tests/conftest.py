@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from lwm.cli import CONFIG_DIR
+from launch.cli import CONFIG_DIR
 from lwm.config import register_configs
 from lwm.tracking import RunPaths
 
@@ -83,7 +83,7 @@ def sft_init(prepared_run, tmp_path_factory):
     """A fresh tiny model (seed 0) with the prepared run's tokenizer, saved where `sft.init` can
     point, so SFT tests need no CPT run."""
     import torch
-    from lwm.modeling import build_model
+    from lwm.models.hf import build_model
     from lwm.tokenizer import load_tokenizer
     tok = load_tokenizer(prepared_run / "prepare" / "tokenizer")
     torch.manual_seed(0)
@@ -111,7 +111,7 @@ def run_cli(stage: str, run_dir: Path, *overrides: str, ranks: int = 1, env: dic
     if ranks > 1:
         launch += ["-m", "torch.distributed.run", f"--nproc_per_node={ranks}", f"--master_port={free_port()}"]
     env = {**os.environ, "WANDB_MODE": "disabled", "OMP_NUM_THREADS": "1", **(env or {})}
-    res = subprocess.run([*launch, "-m", "lwm.cli", stage, f"hydra.run.dir={run_dir}", *TINY, *overrides],
+    res = subprocess.run([*launch, "-m", "launch.cli", stage, f"hydra.run.dir={run_dir}", *TINY, *overrides],
                          env=env, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
                          timeout=timeout)
     assert res.returncode == 0, res.stderr[-4000:]

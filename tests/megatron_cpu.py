@@ -114,7 +114,7 @@ def enable() -> None:
         return
     _enabled = True
     import os
-    os.environ["LWM_MEGATRON_ON_CPU"] = "1"  # pretrain.backends.megatron.CPU_ENV: the loop may run on CPU
+    os.environ["LWM_MEGATRON_ON_CPU"] = "1"  # lwm.train.engines.megatron.CPU_ENV: the loop may run on CPU
     import megatron.core.tensor_parallel.random as mrandom
     import megatron.core.transformer.moe.moe_utils as moe_utils
     cuda = torch.cuda

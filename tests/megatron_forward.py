@@ -1,7 +1,7 @@
 """Run with tests/megatron_site on PYTHONPATH (Megatron on CPU): `python tests/megatron_forward.py [ARCH]`.
 
 Builds a tiny model of ARCH (qwen3_moe, the default, or qwen3_5_moe) in HF and in megatron-core
-from the same config, copies the HF weights through lwm.convert, and prints the largest logit
+from the same config, copies the HF weights through lwm.models.convert, and prints the largest logit
 difference on random tokens as JSON.
 """
 
@@ -12,10 +12,11 @@ import torch
 
 if __name__ == "__main__":
     from lwm.config import BackendConfig, ModelConfig
-    from lwm.convert import hf_to_megatron, layout_for_model
-    from lwm.modeling import build_model as build_hf
-    from pretrain.backends import dist as pdist
-    from pretrain.backends import megatron as mg
+    from lwm.models.convert import hf_to_megatron, layout_for_model
+    from lwm.models.hf import build_model as build_hf
+    from lwm.models.megatron import build_model as build_mcore
+    from lwm.train import dist as pdist
+    from lwm.train.engines import megatron as mg
 
     arch = sys.argv[1] if len(sys.argv) > 1 else "qwen3_moe"
     mcfg = ModelConfig(arch=arch, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
@@ -37,7 +38,7 @@ if __name__ == "__main__":
     b.megatron.grouped_gemm = False
     pdist.init(always=True)
     mg.initialize_parallel(b)
-    model = mg.build_model(mcfg, b, 512, 64, use_te=False, cpu_init=True).eval()
+    model = build_mcore(mcfg, b, 512, 64, use_te=False, cpu_init=True).eval()
     missing, unexpected = model.load_state_dict(hf_to_megatron(hf.state_dict(), layout_for_model(mcfg)),
                                                 strict=False)
     ids = torch.randint(0, 512, (2, 80), generator=g)  # 80 > one 64-token DeltaNet chunk

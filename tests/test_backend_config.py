@@ -7,11 +7,11 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from lwm.cli import CONFIG_DIR
+from launch.cli import CONFIG_DIR
 from lwm.config import BackendConfig, CptConfig, ModelConfig, register_configs
+from lwm.models.megatron import transformer_config
 from lwm.parallel_config import parallel_plan, world_size_of
-from pretrain.backends.deepspeed import ds_config
-from pretrain.backends.megatron import transformer_config
+from lwm.train.engines.deepspeed import ds_config
 
 
 def compose_cfg(*overrides: str):

@@ -1,35 +1,97 @@
-"""`lwm cpt backend=deepspeed` end to end on the prepared tiny run (one rank, CPU): trains, writes
-DeepSpeed checkpoints with the data-parallel size, and saves an HF checkpoint that loads."""
+"""`lwm cpt backend=deepspeed` end to end on the prepared tiny run (one rank, CPU), through the one
+training loop: it trains, writes DeepSpeed checkpoints with the data-parallel size, saves an HF
+checkpoint that loads, honours `cpt.resume=<dir>`, and saves and stops on the preemption signal,
+after which the rerun ends with the weights of an uninterrupted run."""
 
 from __future__ import annotations
 
 import importlib
+import json
+import shutil
 
 import pytest
+import torch
+from safetensors.torch import load_file
 
 from lwm.tracking import RunPaths
 from tests.conftest import make_cfg
 
+STEPS = ["backend=deepspeed", "backend.dtype=float32", "cpt.max_steps=4", "cpt.save_every=2",
+         "cpt.log_every=1", "cpt.warmup_steps=1"]
 
-def test_deepspeed_cpt_trains_and_saves(run_copy, monkeypatch, tmp_path):
+
+@pytest.fixture
+def no_shm_build(monkeypatch, tmp_path):
     import deepspeed  # noqa: F401
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     # the shared-memory allreduce op is a ~60 s JIT build that one rank never uses
     monkeypatch.setattr(importlib.import_module("deepspeed.comm.torch"), "build_shm_op", lambda: None)
-    cfg = make_cfg(run_copy, "backend=deepspeed", "backend.dtype=float32", "backend.deepspeed.torch_adam=true",
-                   "cpt.max_steps=4", "cpt.save_every=2", "cpt.log_every=1")
+
+
+def _cpt(run, *extra):
     from pretrain.train import train
-    result = train(cfg, RunPaths(run_copy))
+    return train(make_cfg(run, *STEPS, *extra), RunPaths(run))
+
+
+def _weights(run):
+    return load_file(run / "cpt" / "final" / "model.safetensors")
+
+
+def _assert_same(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.fixture
+def whole(prepared_run, tmp_path, no_shm_build):
+    run = tmp_path / "whole"
+    shutil.copytree(prepared_run, run)
+    result = _cpt(run)
     assert result["steps"] == 4 and result["backend"] == "deepspeed"
-    assert (RunPaths(run_copy).model("cpt") / "complete").exists()
-    ckpts = list((run_copy / "cpt" / "checkpoints_deepspeed").glob("step_*"))
-    assert ckpts, "no DeepSpeed checkpoint written"
-    from lwm.modeling import load_model
-    load_model(RunPaths(run_copy).model("cpt"), cfg.model)
+    return run
+
+
+def test_deepspeed_cpt_trains_and_saves(whole):
+    from lwm.models.hf import load_model
+    assert (RunPaths(whole).model("cpt") / "complete").exists()
+    states = [json.loads((p / "state.json").read_text()) for p in sorted((whole / "cpt" / "checkpoints").glob("step_*"))]
+    assert [(s["step"], s["dp_size"]) for s in states] == [(2, 1), (4, 1)]
+    m = json.loads((whole / "cpt" / "metrics.json").read_text())
+    assert m["heldout_loss_after"] < m["heldout_loss_before"]
+    load_model(RunPaths(whole).model("cpt"))
+
+
+def test_deepspeed_resumes_from_the_dir_it_is_given(whole, prepared_run, tmp_path):
+    run = tmp_path / "given"
+    shutil.copytree(prepared_run, run)
+    step2 = tmp_path / "kept" / "step_0000002"
+    shutil.copytree(whole / "cpt" / "checkpoints" / "step_0000002", step2)
+    result = _cpt(run, f"cpt.resume={step2}")
+    assert result["resumed_from"] == str(step2)
+    _assert_same(_weights(whole), _weights(run))
+    shutil.copytree(prepared_run, tmp_path / "other")
+    with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
+        _cpt(tmp_path / "other", f"cpt.resume={tmp_path / 'missing'}")
+
+
+def test_deepspeed_saves_and_stops_on_preemption(whole, prepared_run, tmp_path, monkeypatch):
+    run = tmp_path / "preempted"
+    shutil.copytree(prepared_run, run)
+    flag = tmp_path / "preempt"
+    flag.touch()  # as the Slurm batch script does on USR1
+    monkeypatch.setenv("LWM_PREEMPT_FILE", str(flag))
+    result = _cpt(run)
+    assert result == {"steps": 1, "preempted": True}
+    assert (run / "cpt" / "checkpoints" / "step_0000001" / "complete").exists()
+    assert not (run / "cpt" / "final" / "complete").exists()
+    flag.unlink()  # the requeued job
+    assert _cpt(run)["resumed_from"].endswith("step_0000001")
+    _assert_same(_weights(whole), _weights(run))
 
 
 def test_resume_with_another_dp_size_is_refused():
-    from pretrain.backends.dist import check_resume_dp
+    from lwm.train.dist import check_resume_dp
     check_resume_dp({"dp_size": 4}, 4, "")
     with pytest.raises(RuntimeError, match="data-parallel size 4, this job has 2"):
         check_resume_dp({"dp_size": 4}, 2, "convert it first")

@@ -84,7 +84,7 @@ def test_cpt_trains_and_ends_in_an_hf_checkpoint(one_rank):
     assert trained.keys() == start.keys()
     assert any(not torch.equal(trained[k], start[k]) for k in start)  # it trained, every tensor came back
     # the dist checkpoints of steps 2 and 4 are complete, with their layout recorded
-    meta = json.loads((Path(m["dist_checkpoint"]) / "lwm_meta.json").read_text())
+    meta = json.loads((Path(m["last_checkpoint"]) / "state.json").read_text())
     assert meta["step"] == 4 and meta["dp_size"] == 1
 
 
@@ -108,7 +108,7 @@ def test_resume_on_fewer_ranks_reshards_the_optimizer(one_rank, prepared_run, tm
     shutil.copytree(prepared_run, run)
     _cpt(run, "cpt.grad_accum=1", ranks=2)
     # as if killed after the step-2 checkpoint
-    ckpts = run / "cpt" / "checkpoints_megatron"
+    ckpts = run / "cpt" / "checkpoints"
     shutil.rmtree(ckpts / "step_0000004")
     shutil.rmtree(run / "cpt" / "final")
     res = _cpt(run, "cpt.grad_accum=2")
@@ -117,7 +117,7 @@ def test_resume_on_fewer_ranks_reshards_the_optimizer(one_rank, prepared_run, tm
 
 
 def test_a_layout_the_optimizer_cannot_follow_is_refused():
-    from pretrain.backends.megatron_train import check_resume_layout
+    from lwm.train.engines.megatron import check_resume_layout
     saved = {"tp": 1, "pp": 1, "cp": 1, "ep": 2, "etp": 1, "dp_size": 2, "distributed_optimizer": True}
     check_resume_layout(saved, {**saved, "dp_size": 1}, "ckpt")  # DP alone may change
     with pytest.raises(RuntimeError, match="ep 2 -> 1.*<stage>.init"):
@@ -131,7 +131,7 @@ def test_sft_on_megatron_trains_the_lwm_sft_samples(prepared_run, sft_init, tmp_
     from transformers import AutoModelForCausalLM
 
     from lwm.tokenizer import load_tokenizer
-    from pretrain.backends.megatron_train import SftBatches
+    from lwm.train.data import RowBatches
     from sft.train import tokenized_samples
     run = tmp_path / "run"
     shutil.copytree(prepared_run, run)
@@ -144,7 +144,7 @@ def test_sft_on_megatron_trains_the_lwm_sft_samples(prepared_run, sft_init, tmp_
     tok = load_tokenizer(sft_init)
     records = datasets.Dataset.from_parquet(sorted(str(p) for p in (run / "prepare" / "sft").glob("*.parquet")))
     rows, _ = tokenized_samples(tok, records, 512, False)
-    ids, labels = SftBatches(rows, 512, tok.pad_token_id, seed=0).batch(0, 2)
+    ids, labels = RowBatches(rows, 512, tok.pad_token_id, seed=0).batch(0, 2)
     hf = AutoModelForCausalLM.from_pretrained(sft_init).eval()
     with torch.no_grad():
         ref = hf(input_ids=ids, labels=labels, use_cache=False).loss.item()
@@ -177,8 +177,8 @@ def test_qwen3_5_trains_on_megatron_from_and_back_to_hf(qwen3_5_one_rank, tmp_pa
     assert m["steps"] == 4 and m["train_loss_last"] < m["train_loss_first"]
     assert type(AutoModelForCausalLM.from_pretrained(run / "cpt" / "final")).__name__ == "Qwen3_5MoeForCausalLM"
     # the imported starting point, exported again, is the HF model it came from, bit for bit
-    ckpts = run / "cpt" / "checkpoints_megatron"
-    res = subprocess.run([sys.executable, "-m", "pretrain.backends.megatron_ckpt", "export",
+    ckpts = run / "cpt" / "checkpoints"
+    res = subprocess.run([sys.executable, "-m", "lwm.models.megatron_ckpt", "export",
                           str(ckpts / ".megatron_import.yaml"), str(ckpts / "init"), str(tmp_path / "back")],
                          env=_env(), cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]

@@ -18,8 +18,9 @@ from data_pipeline.collect.terminal_collector import extract_keystrokes
 from data_pipeline.collect.runner import collect, episode_id
 from data_pipeline.collect.tasks import TASKS, make_task
 from data_pipeline.collect.base import ActionError
-from data_pipeline.collect.terminal import TerminalEnv, parse_action
+from data_pipeline.collect.terminal import TerminalEnv
 from lwm.config import CollectConfig, LWMConfig
+from lwm.domains.terminal import parse_keystrokes
 from lwm.schema import load_trajectories, validate
 
 N = 8  # covers notes_file (0), missing_things (4) and env_vars (7) of the task cycle
@@ -79,18 +80,18 @@ def test_tasks_are_randomised_and_reproducible():
         task = make_task(i, seed=0)
         assert task.name == name and 3 <= len(task.actions) <= 10
         for action in task.actions:
-            parse_action(action)
+            parse_keystrokes(action)
     assert make_task(0, 0) == make_task(0, 0)
     assert make_task(0, 0).actions != make_task(len(TASKS), 0).actions
 
 
 def test_action_parsing():
     with pytest.raises(ActionError, match="not JSON"):
-        parse_action("ls -la")
+        parse_keystrokes("ls -la")
     with pytest.raises(ActionError, match="keystrokes"):
-        parse_action('[{"keys": "ls"}]')
+        parse_keystrokes('[{"keys": "ls"}]')
     with pytest.raises(ActionError, match="duration"):
-        parse_action('[{"keystrokes": "ls", "duration": -1}]')
+        parse_keystrokes('[{"keystrokes": "ls", "duration": -1}]')
     assert extract_keystrokes('<think>[maybe]</think>Sure:\n```json\n[{"keystrokes": "ls\\n", '
                               '"duration": 0.1}]\n```') == [{"keystrokes": "ls\n", "duration": 0.1}]
     assert extract_keystrokes("Done. []") == []

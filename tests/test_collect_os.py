@@ -10,10 +10,11 @@ import pytest
 from omegaconf import OmegaConf
 
 from data_pipeline.collect.base import ActionError
-from data_pipeline.collect.os_desktop import OsCollector, OsEnv, check_action
+from data_pipeline.collect.os_desktop import OsCollector, OsEnv
 from data_pipeline.collect.os_tasks import TASKS, make_task
 from data_pipeline.collect.runner import collect
 from lwm.config import CollectConfig, LWMConfig
+from lwm.domains.registered import OsDomain
 from lwm.schema import load_trajectories
 
 HEADER = "tag\tname\ttext\tposition (top-left x&y)\tsize (w&h)"
@@ -63,7 +64,7 @@ def test_errors_are_observations_and_the_sandbox_holds(env):
 def test_actions_and_replies():
     for bad in ("", "   ", None):
         with pytest.raises(ActionError):
-            check_action(bad)
+            OsDomain().check_action(bad)
     collector = OsCollector(OmegaConf.structured(CollectConfig))
     assert collector.parse_reply("ok\n```python\npyautogui.click(1, 2)\n```") == "pyautogui.click(1, 2)"
     assert collector.parse_reply("<think>x</think>DONE") == ""

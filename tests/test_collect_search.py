@@ -15,9 +15,10 @@ from omegaconf import OmegaConf
 
 from data_pipeline.collect.base import ActionError
 from data_pipeline.collect.runner import collect
-from data_pipeline.collect.search import SearchCollector, parse_action
+from data_pipeline.collect.search import SearchCollector
 from data_pipeline.collect.search_tasks import TASKS, make_task, pkg_url
 from lwm.config import LWMConfig
+from lwm.domains.tools import parse_tool_call
 from lwm.schema import Step, Trajectory, load_trajectories, validate
 
 
@@ -115,7 +116,7 @@ def test_corpus_dirs_are_indexed(tmp_path):
 
 
 def test_actions_and_replies(collector):
-    assert parse_action('{"name": "web_search", "arguments": "{\\"query\\": \\"x\\"}"}') == \
+    assert parse_tool_call('{"name": "web_search", "arguments": "{\\"query\\": \\"x\\"}"}') == \
         ("web_search", {"query": "x"})
     for bad in ("web_search('x')", "[1]", '{"arguments": {}}', '{"name": "x", "arguments": [1]}'):
         with pytest.raises(ActionError):

@@ -13,9 +13,10 @@ from tests.conftest import collect_cfg
 
 from data_pipeline.collect.base import ActionError
 from data_pipeline.collect.runner import collect
-from data_pipeline.collect.swe import SweCollector, SweEnv, extract_tool_call, parse_call
+from data_pipeline.collect.swe import SweCollector, SweEnv
 from data_pipeline.collect.swe_tasks import TASKS, make_task
 from lwm.config import CollectConfig
+from lwm.domains.tools import extract_tool_call, parse_tool_call
 from lwm.schema import load_trajectories, validate
 
 SDISTS = CollectConfig().swe.sdist_dir
@@ -47,7 +48,7 @@ def test_runner_records_real_tool_results(trajectories):
         assert any(s.observation.startswith("Error: ") or (s.observation.startswith("Command:")
                    and "Exit Code: 0" not in s.observation) for s in t.steps), t.meta["task_name"]
         for s in t.steps:
-            parse_call(s.action)
+            parse_tool_call(s.action)
 
 
 def test_break_and_fix_runs_the_real_tests(trajectories):
@@ -100,7 +101,7 @@ def test_tasks_are_randomised_and_reproducible():
         task = make_task(i, 0, SDISTS)
         assert task.name == name and 4 <= len(task.actions) <= 8
         for action in task.actions:
-            parse_call(action)
+            parse_tool_call(action)
     assert make_task(3, 7, SDISTS) == make_task(3, 7, SDISTS)
     assert make_task(2, 0, SDISTS).actions != make_task(2 + len(TASKS), 0, SDISTS).actions
 
@@ -114,12 +115,12 @@ def test_missing_sdists_name_the_command(tmp_path):
 
 def test_actions_and_replies():
     with pytest.raises(ActionError, match="not JSON"):
-        parse_call("ls -la")
+        parse_tool_call("ls -la")
     with pytest.raises(ActionError, match="JSON object"):
-        parse_call('["read_file"]')
+        parse_tool_call('["read_file"]')
     with pytest.raises(ActionError, match="arguments must be an object"):
-        parse_call('{"name": "read_file", "arguments": [1]}')
-    assert parse_call('{"name": "read_file", "arguments": "{\\"path\\": \\"a\\"}"}') == (
+        parse_tool_call('{"name": "read_file", "arguments": [1]}')
+    assert parse_tool_call('{"name": "read_file", "arguments": "{\\"path\\": \\"a\\"}"}') == (
         "read_file", {"path": "a"})
     assert extract_tool_call('<think>{"name": "x"}</think>Sure: ```json\n{"name": "read_file", '
                              '"arguments": {"path": "six.py"}}\n```') == (

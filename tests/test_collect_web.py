@@ -14,10 +14,10 @@ from omegaconf import OmegaConf
 
 from data_pipeline.collect.base import ActionError
 from data_pipeline.collect.runner import collect
-from data_pipeline.collect.web import WebCollector, parse_action
+from data_pipeline.collect.web import WebCollector
 from data_pipeline.collect.web_tasks import TASKS
 from lwm.config import LWMConfig
-from lwm.domains.registered import WebDomain
+from lwm.domains.web import WebDomain, parse_browser_action
 from lwm.schema import Step, Trajectory, load_trajectories, validate
 
 
@@ -53,7 +53,7 @@ def test_create_ticket_through_the_form(collector_env):
     task, first, steps = run(collector, env, list(TASKS).index("create_ticket"))
     assert first.startswith("URL: http://127.0.0.1:") and "[" in first
     assert WebDomain().check_format(first) > 0.5
-    assert all(parse_action(s.action) for s in steps)
+    assert all(parse_browser_action(s.action) for s in steps)
     assert steps[-2].observation.startswith("Error: Locator.fill")          # typing into a link
     created = steps[-1].observation
     assert "/ticket/7" in created.splitlines()[0]                           # 6 seeded tickets
@@ -81,9 +81,9 @@ def test_errors_history_and_network(collector_env):
 
 def test_parse_actions_and_replies(collector_env):
     collector, _ = collector_env
-    assert parse_action("fill('31', \"it's\")") == ("fill", ["31", "it's"])
-    assert parse_action("scroll(0, 200)") == ("scroll", [0, 200])
-    assert parse_action("select_option('7', ['a', 'b'])")[1] == ["7", ["a", "b"]]
+    assert parse_browser_action("fill('31', \"it's\")") == ("fill", ["31", "it's"])
+    assert parse_browser_action("scroll(0, 200)") == ("scroll", [0, 200])
+    assert parse_browser_action("select_option('7', ['a', 'b'])")[1] == ["7", ["a", "b"]]
     for bad in ("click(12)", "__import__('os').system('x')", "click('1'); click('2')",
                 "eval('1')", "fill('1')", "click(bid='1')", "goto(open('/etc/passwd'))"):
         with pytest.raises(ActionError):

@@ -13,7 +13,7 @@ from tests.conftest import TRAJECTORIES, make_cfg
 
 def lwm(*args, cwd=None):
     env = {**os.environ, "WANDB_MODE": "disabled"}
-    return subprocess.run([sys.executable, "-m", "lwm.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "launch.cli", *args], capture_output=True,
                           text=True, env=env, cwd=cwd, timeout=300)
 
 

@@ -10,16 +10,11 @@ import torch
 from safetensors.torch import load_file
 
 from lwm.config import ModelConfig
-from lwm.convert import (
-    Qwen3MoeLayout,
-    Qwen35MoeLayout,
-    expert_tensor_count,
-    hf_to_megatron,
-    layout_for_model,
-    main,
-    megatron_to_hf,
-)
-from lwm.modeling import build_model
+from lwm.models import FAMILIES, family, family_for_hf
+from lwm.models.convert import expert_tensor_count, hf_to_megatron, layout_for_model, main, megatron_to_hf
+from lwm.models.hf import build_config, build_model
+from lwm.models.qwen3_5_moe.adapter import Qwen35MoeLayout
+from lwm.models.qwen3_moe.adapter import Qwen3MoeLayout
 
 MCFG = ModelConfig(hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, head_dim=16,
                    intermediate_size=128, moe_intermediate_size=64, num_experts=4)
@@ -111,8 +106,17 @@ def test_the_adapter_follows_the_arch():
     assert isinstance(layout_for_model(Q35), Qwen35MoeLayout)
     with pytest.raises(ValueError, match="qwen3_5_moe"):
         Qwen3MoeLayout.from_model_config(Q35)
-    with pytest.raises(NotImplementedError, match="llama"):
-        layout_for_model(ModelConfig(arch="llama"))
+
+
+def test_the_registry_names_model_arch_and_the_known_families():
+    assert family("qwen3_5_moe") is FAMILIES["qwen3_5_moe"]
+    assert family_for_hf("qwen3_5_moe_text").arch == "qwen3_5_moe"  # the released checkpoints' text model
+    for unknown in (lambda: layout_for_model(ModelConfig(arch="llama")),
+                    lambda: build_config(ModelConfig(arch="llama"), 512)):
+        with pytest.raises(ValueError, match=r"model.arch = 'llama'.*qwen3_moe, qwen3_5_moe"):
+            unknown()
+    with pytest.raises(ValueError, match="model_type 'llama'"):
+        family_for_hf("llama")
 
 
 @pytest.fixture(scope="module")

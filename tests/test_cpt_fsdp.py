@@ -36,6 +36,7 @@ def _killed_after_step_2(src, dst):
     writing step 3 (no `complete` marker: resume must not trust it)."""
     shutil.copytree(src, dst)
     shutil.rmtree(dst / "cpt" / "final")
+    shutil.rmtree(dst / "cpt" / "checkpoints" / "step_0000004")
     (dst / "cpt" / "metrics.json").unlink(missing_ok=True)
     torn = dst / "cpt" / "checkpoints" / "step_0000003"
     shutil.copytree(dst / "cpt" / "checkpoints" / "step_0000002", torn)
@@ -73,7 +74,7 @@ def test_fsdp_checkpoint_resumes_on_any_world_size(runs, tmp_path, ranks, strate
     run = _killed_after_step_2(fsdp, tmp_path / "run")
     accum = 2 if ranks == 1 else 1  # the same global batch either way
     out = _run(ranks, run, f"cpt.grad_accum={accum}", strategy=strategy)
-    assert "resumed from" in out and "step_0000002 (step 2, written by fsdp x2)" in out
+    assert "resumed from" in out and "step_0000002 (step 2, written by hf fsdp dp 2; DP 2 ->" in out
     _assert_same(_final(one), _final(run))
 
 
@@ -81,5 +82,5 @@ def test_full_checkpoint_resumes_on_fsdp_ranks(runs, tmp_path):
     one, _ = runs
     run = _killed_after_step_2(one, tmp_path / "run")
     out = _run(2, run, "cpt.grad_accum=1")
-    assert "step_0000002 (step 2, written by none x1)" in out
+    assert "step_0000002 (step 2, written by hf none dp 1; DP 1 -> 2)" in out
     _assert_same(_final(one), _final(run))

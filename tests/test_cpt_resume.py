@@ -16,7 +16,7 @@ ARGS = ["cpt.max_steps=16", "cpt.save_every=2", "cpt.batch_size=4", "cpt.warmup_
 
 
 def _cpt(run_dir, wait=True):
-    cmd = [sys.executable, "-m", "lwm.cli", "cpt", f"hydra.run.dir={run_dir}", *TINY, *ARGS]
+    cmd = [sys.executable, "-m", "launch.cli", "cpt", f"hydra.run.dir={run_dir}", *TINY, *ARGS]
     env = {**os.environ, "WANDB_MODE": "disabled"}
     if wait:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

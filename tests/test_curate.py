@@ -90,13 +90,16 @@ def test_empty_actions_stripped_and_gui_no_change_kept_as_context():
 
 
 def test_retry_cycle_is_context_not_target():
-    malformed = lambda a: not a.startswith("[")  # noqa: E731
+    # Malformed in the terminal's grammar (not a keystroke list), answered by a shell error.
     t = traj(steps=(("garbage", "bash: garbage: command not found"), ('[{"keystrokes": "ls"}]', "f.txt"),
                     ('[{"keystrokes": "pwd"}]', "/home")))
-    out, sample, stats = clean_turns(t, FilterConfig(), malformed)
+    out, sample, stats = clean_turns(t, FilterConfig())
     assert len(out.steps) == 3 and sample == [False, True, True] and stats["retry_turns"] == 1
-    _, sample, _ = clean_turns(t, FilterConfig(skip_retry_cycles=False), malformed)
+    _, sample, _ = clean_turns(t, FilterConfig(skip_retry_cycles=False))
     assert sample == [True, True, True]
+    # A malformed action the environment answered without an error is a real turn.
+    ok = traj(steps=(("garbage", "f.txt"), ('[{"keystrokes": "pwd"}]', "/home")))
+    assert clean_turns(ok, FilterConfig())[1] == [True, True]
 
 
 def test_exact_and_near_duplicates_are_removed(tmp_path):

@@ -9,7 +9,6 @@ import json
 import threading
 
 import pytest
-from omegaconf import OmegaConf
 
 from eval.run import evaluate
 from lwm.tracking import RunPaths
@@ -69,13 +68,16 @@ def servers():
 
 
 def _cfg(tmp_path, judge_url, model_url, mode, **judge):
-    cfg = make_cfg(tmp_path, f"eval.input={BENCH}", "eval.max_samples=0")
-    # untyped copy: until the main config composes eval.config's fields into EvalConfig
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-    cfg.eval.mode = mode
-    cfg.eval.endpoint = {"base_url": model_url, "model": "wm", "concurrency": 4}
-    cfg.eval.judge = {"base_url": judge_url, "model": "judge", "concurrency": 4, "max_retries": 2, **judge}
-    return cfg
+    judge = {"base_url": judge_url, "model": "judge", "concurrency": 4, "max_retries": 2, **judge}
+    return make_cfg(tmp_path, f"eval.input={BENCH}", "eval.max_samples=0", f"eval.mode={mode}",
+                    f"eval.endpoint.base_url={model_url}", "eval.endpoint.model=wm",
+                    "eval.endpoint.concurrency=4", *(f"eval.judge.{k}={v}" for k, v in judge.items()))
+
+
+def test_unknown_mode_fails_at_start(tmp_path):
+    cfg = make_cfg(tmp_path, "eval.mode=vibes")
+    with pytest.raises(ValueError, match="eval.mode: unknown mode 'vibes'"):
+        evaluate(cfg, RunPaths(tmp_path))
 
 
 def test_judge_mode_scores_and_resumes(tmp_path, servers):

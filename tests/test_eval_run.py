@@ -7,8 +7,9 @@ import pytest
 from eval.report import compare_runs, main as report_main
 from eval.run import evaluate
 from lwm.tracking import RunPaths
+from lwm.world_env import PERTURBATIONS
 from tests.conftest import DATA, make_cfg
-from tests.test_serve import save_tiny_checkpoint
+from tests.helpers.checkpoint import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +66,6 @@ def test_benchmark_layout_runs_through_rule_mode(tiny_ckpt, tmp_path):
 
 
 def test_controllability_is_scored_per_perturbation(prepared_run, tiny_ckpt, tmp_path):
-    from serve.world_env import PERTURBATIONS
     run = tmp_path / "run"
     (run / "prepare").mkdir(parents=True)
     (run / "prepare" / "eval").symlink_to(prepared_run / "prepare" / "eval")

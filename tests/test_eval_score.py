@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from eval.data import load_eval_set, view
-from eval.judge import parse_boxed, parse_rubric
-from eval.score import (aggregate_judged, bleu, chrf, follows_instruction, long_context_consistency,
-                        rouge_l, sample_total)
+from eval.data import load_eval_set
+from eval.score import aggregate_judged, bleu, chrf, follows_instruction, long_context_consistency, rouge_l
+from lwm.endpoints.judge import parse_boxed, parse_rubric, sample_total
+from lwm.endpoints.sample import view
 from tests.conftest import DATA
 
 JUDGED = DATA / "eval" / "judged_agentworldbench.jsonl"

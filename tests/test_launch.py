@@ -22,7 +22,7 @@ def test_rendered_script_has_rendezvous_requeue_and_job_dirs():
                  "#SBATCH --output=runs/r35/slurm/%j.out", "--nnodes=2 --nproc-per-node=8",
                  "--rdzv-backend=c10d --rdzv-endpoint=$MASTER_ADDR:$MASTER_PORT",
                  'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-                 "srun --kill-on-bad-exit=1", "-m lwm.cli cpt model=qwen3_5_35b_a3b backend=megatron",
+                 "srun --kill-on-bad-exit=1", "-m launch.cli cpt model=qwen3_5_35b_a3b backend=megatron",
                  "cluster.nodes=2 run_name=r35", 'scontrol requeue "$SLURM_JOB_ID"'):
         assert line in script, line
     assert subprocess.run(["bash", "-n"], input=script, text=True).returncode == 0
@@ -58,7 +58,7 @@ def test_preemption_checkpoints_then_requeues(tmp_path):
     log = tmp_path / "log"
     _stub(bin_dir, "scontrol", f'if [ "$1" = show ]; then echo node001; else echo "scontrol $*" >> {log}; fi')
     _stub(bin_dir, "srun", 'exec "${@:3}"')  # drop srun's own two options
-    # the trainer: polls the preempt file as launch.preempt does, then "saves" and exits 0
+    # the trainer: polls the preempt file as lwm.train.preempt does, then "saves" and exits 0
     _stub(bin_dir, "torchrun", f'echo "torchrun $MASTER_ADDR:$MASTER_PORT $*" >> {log}\n'
           f'while [ ! -e "$LWM_PREEMPT_FILE" ]; do sleep 0.1; done\necho saved >> {log}')
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "42",

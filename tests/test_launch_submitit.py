@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.backends import dist as pdist
+from lwm.train import dist as pdist
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -36,7 +36,7 @@ def sweep(tmp_path_factory):
     env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
     sweep_dir = tmp / "sweep"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "lwm.cli", "cpt", "-m", "cluster=slurm", "cluster.nodes=2",
+        [sys.executable, "-m", "launch.cli", "cpt", "-m", "cluster=slurm", "cluster.nodes=2",
          "cluster.partition=gpu", "cluster.signal_seconds=300", "run_name=sw", "cpt.lr=1e-3,2e-3",
          f"hydra.sweep.dir={sweep_dir}"], cwd=tmp, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     pickles = [sweep_dir / ".submitit" / f"1234_{i}" / f"1234_{i}_submitted.pkl" for i in (0, 1)]
@@ -73,7 +73,7 @@ def test_each_array_task_pickles_its_overrides(sweep):
         job = DelayedSubmission.load(sweep_dir / ".submitit" / f"1234_{i}" / f"1234_{i}_submitted.pkl")
         overrides, _, job_num = job.args[:3]
         assert lr in overrides and "cluster=slurm" in overrides and job_num == i
-        assert job.function.task_function.__name__ == "_hydra_entry"  # lwm.cli's Hydra entry
+        assert job.function.task_function.__name__ == "_hydra_entry"  # launch.cli's Hydra entry
 
 
 JOB = """
@@ -170,7 +170,7 @@ def test_submitit_signal_asks_the_trainer_to_save(monkeypatch):
     instead of submitit's handler requeueing before anything is saved."""
     import signal
 
-    from launch import preempt
+    from lwm.train import preempt
     monkeypatch.setenv("SUBMITIT_EXECUTOR", "slurm")
     monkeypatch.delenv("LWM_PREEMPT_FILE", raising=False)
     monkeypatch.setattr(preempt, "_signalled", False)

@@ -53,7 +53,7 @@ def test_sft_trainer_batch_trains_exactly_the_observation(run_copy, tok):
     """Decode the labels of a real batch from TRL's SFTTrainer collator."""
     from trl import SFTConfig, SFTTrainer
 
-    from lwm.modeling import build_model
+    from lwm.models.hf import build_model
     from sft.train import tokenized_samples
     from tests.conftest import make_cfg
 

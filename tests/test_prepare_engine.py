@@ -15,7 +15,7 @@ DATA_FILES = ("cpt/train.bin", "cpt/train.idx", "cpt/train_lossmask.bin", "cpt/h
 
 
 def _prepare(run_dir: Path, *extra, wait=True, env=None):
-    cmd = [sys.executable, "-m", "lwm.cli", "prepare", f"hydra.run.dir={run_dir}", *TINY,
+    cmd = [sys.executable, "-m", "launch.cli", "prepare", f"hydra.run.dir={run_dir}", *TINY,
            f"prepare.input={TRAJECTORIES}", "prepare.tasks=4", "prepare.workers=1", *extra]
     env = {**os.environ, "WANDB_MODE": "disabled", **(env or {})}
     if wait:
@@ -102,3 +102,52 @@ def test_render_streams_parquet_in_row_groups_with_the_same_rows(prepared_run, t
     f = pq.ParquetFile(tmp_path / "out.parquet")
     assert f.num_row_groups == -(-len(rows) // 7) and sink.count == len(rows)
     assert f.read().to_pylist() == rows
+
+
+def test_prepare_steps_get_typed_configs_and_a_misspelt_key_fails_at_start_up(tmp_path):
+    import pickle
+
+    import pytest
+    from omegaconf import OmegaConf
+    from omegaconf.errors import ConfigKeyError
+
+    from data_pipeline.prepare import prepare, typed
+    from lwm.config import DataConfig, FilterConfig, PrepareConfig
+    from lwm.tracking import RunPaths
+    from tests.conftest import make_cfg
+    cfg = make_cfg(tmp_path, f"prepare.input={TRAJECTORIES}")
+    data, prep = typed(cfg.data, DataConfig), typed(cfg.prepare, PrepareConfig)
+    assert isinstance(prep.filters, FilterConfig) and data.heldout_fraction == 0.15
+    assert pickle.loads(pickle.dumps((data, prep))) == (data, prep)  # datatrove pickles its steps
+    with pytest.raises(Exception, match="min_turn"):  # the CLI's config: Hydra refuses it
+        make_cfg(tmp_path, "prepare.filters.min_turn=3")
+    plain = OmegaConf.create(OmegaConf.to_container(cfg))  # a config built without the schema
+    plain.prepare.filters.min_turn = 3
+    with pytest.raises(ConfigKeyError, match="min_turn"):
+        prepare(plain, RunPaths(tmp_path))
+    assert not list(tmp_path.glob("prepare*"))  # refused before any work
+
+
+def test_a_user_domain_from_config_reaches_the_workers(tmp_path, monkeypatch):
+    """data.extra_domains registers in every process prepare's steps run in, not only in the
+    launcher's: the render workers (forkserver) start with the built-in domains only."""
+    import json
+
+    import lwm.domains
+    from data_pipeline.prepare import prepare
+    from lwm.tracking import RunPaths
+    from tests.conftest import make_cfg
+    monkeypatch.setattr(lwm.domains, "_REGISTRY", dict(lwm.domains._REGISTRY))
+    words = "amber basil cedar delta ember fjord gravel harbor iris juniper kelp lumen".split()
+    path = tmp_path / "toy.jsonl"
+    with open(path, "w") as f:
+        for i in range(12):
+            steps = [{"action": f"{words[i]} {j}", "observation": f"{words[(i + j) % 12]} says {i * j} {j}"}
+                     for j in range(3)]
+            f.write(json.dumps({"id": f"toy-{i}", "domain": "toy", "source": "test", "steps": steps}) + "\n")
+    cfg = make_cfg(tmp_path, f"prepare.input={path}", "prepare.tasks=2", "prepare.workers=2",
+                   "prepare.dedup=false", "data.domains=[toy]")
+    cfg.data.extra_domains = {"toy": "tests.test_domains:ToyDomain"}
+    manifest = prepare(cfg, RunPaths(tmp_path))
+    assert manifest["records"]["kept"] == 12 and manifest["domains"] == {"toy": 12}
+    assert manifest["eval"].get("toy", 0) + manifest["sft"]["samples"] > 0

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lwm.modeling import load_model
+from lwm.models.hf import load_model
 from tests.conftest import make_cfg
 from tests.test_sft_backends import assert_same_weights, trained, weights
 
@@ -61,7 +61,7 @@ def test_two_ranks_on_zero3_train_like_hf_ddp(prepared_run, sft_init, tmp_path):
 
 
 def test_megatron_rl_is_refused_by_name(tmp_path):
-    from sft.train import backend_args
+    from lwm.train.trl import backend_args
     cfg = make_cfg(tmp_path, "backend=megatron")
     with pytest.raises(NotImplementedError, match="`lwm rl`.*backend=deepspeed.*backend=hf"):
         backend_args(cfg, cfg.rl, 1, "rl")

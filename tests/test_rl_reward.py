@@ -1,8 +1,8 @@
 """The hybrid RL reward: rubric judge + rule verifier, the guard, judge outages, end to end.
 
 Real judge endpoints cannot be reached in tests, so the judge is a test double: a local HTTP
-server speaking the OpenAI chat API (serve.server.WorldModelServer with a scripted backend),
-reached through the openai client exactly as a real endpoint would be.
+server speaking the OpenAI chat API (tests/helpers/endpoints.py: WorldModelServer with a
+scripted backend), reached through the openai client exactly as a real endpoint would be.
 """
 
 import json
@@ -14,10 +14,11 @@ from omegaconf import OmegaConf
 
 from launch.stages import _stage_fn
 from lwm.config import RlConfig
+from lwm.endpoints.judge import judge_directed
 from lwm.tracking import RunPaths
-from rl.rewards import HybridReward, judge_directed
+from rl.rewards import HybridReward
 from tests.conftest import make_cfg
-from tests.test_sft_teacher import exact_judge, serve, stop
+from tests.helpers.endpoints import exact_judge, serve, stop
 
 REAL = "user@box:/work$ cat notes.txt\nbuy milk\nuser@box:/work$"
 PROMPT = [{"role": "system", "content": "You simulate a terminal."},

@@ -6,30 +6,14 @@ import threading
 from pathlib import Path
 
 import pytest
-import torch
 from openai import OpenAI
 
+from eval.score import follows_instruction
 from lwm.domains import domain_names
-from lwm.modeling import build_model
-from lwm.tokenizer import load_tokenizer
+from lwm.world_env import DEMO_ACTIONS, INSTRUCTION_HEADER, WorldModelEnv, local_generator
 from serve.backends import HFBackend
 from serve.server import WorldModelServer
-from serve.world_env import DEMO_ACTIONS, INSTRUCTION_HEADER, WorldModelEnv, local_generator
-from eval.score import follows_instruction
-from tests.conftest import make_cfg
-
-
-def save_tiny_checkpoint(prepared_run: Path, out: Path) -> Path:
-    """A tiny MoE built from config with the prepared run's tokenizer, saved as a checkpoint."""
-    if (out / "config.json").exists():
-        return out
-    torch.manual_seed(0)
-    cfg = make_cfg(prepared_run)
-    tok = load_tokenizer(prepared_run / "prepare" / "tokenizer")
-    model = build_model(cfg.model, len(tok), tok)
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
-    return out
+from tests.helpers.checkpoint import save_tiny_checkpoint
 
 
 @pytest.fixture(scope="module")

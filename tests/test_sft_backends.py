@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lwm.modeling import load_model
+from lwm.models.hf import load_model
 from tests.conftest import run_cli
 
 # float32: the DeepSpeed preset trains in bf16, which would blur the comparison with backend=hf.

@@ -6,7 +6,7 @@ from lwm.tracking import RunPaths
 import torch
 from trl import SFTConfig, SFTTrainer
 
-from lwm.modeling import build_model
+from lwm.models.hf import build_model
 from lwm.tokenizer import EOS, IGNORE, load_tokenizer
 from sft.train import fit_to_length, tokenized_samples
 from tests.conftest import make_cfg

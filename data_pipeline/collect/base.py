@@ -1,8 +1,9 @@
 """What a domain's collector provides; the runner and the policies are domain-agnostic.
 
 A Collector bundles, for one domain: its real environment (reset/step/close, tool definitions),
-its scripted task library, how an action string is checked, and how an LLM policy is prompted
-and its reply turned into an action. Collectors register by domain name, like domains do.
+its scripted task library, and how an LLM policy is prompted and its reply turned into an
+action. The action grammar is the domain's (lwm/domains), shared with prepare's filters.
+Collectors register by domain name, like domains do.
 """
 
 from __future__ import annotations
@@ -10,9 +11,9 @@ from __future__ import annotations
 import importlib
 from dataclasses import dataclass, field
 
-
-class ActionError(ValueError):
-    """An action the environment cannot execute (malformed); the episode is quarantined."""
+# ActionError: an action the environment cannot execute (malformed in its domain's grammar);
+# the episode is quarantined. Re-exported for the collectors.
+from lwm.domains import ActionError, get_domain  # noqa: F401
 
 
 @dataclass
@@ -57,7 +58,9 @@ class Collector:
         raise NotImplementedError
 
     def check_action(self, action: str) -> None:
-        """Raise ActionError if `action` is not a well-formed action of this domain."""
+        """Raise ActionError if `action` is not a well-formed action of this domain (the
+        domain owns the grammar)."""
+        get_domain(self.domain).check_action(action)
 
     # --- for LLM policies (policy=openai) --------------------------------------------------
     def agent_prompt(self) -> str:

@@ -31,10 +31,10 @@ from mcp.shared.exceptions import MCPError
 
 from data_pipeline.collect.base import Collector, Environment, ScriptedTask
 from data_pipeline.collect.mcp_tasks import FILES, REPO, make_task
-from data_pipeline.collect.swe import extract_tool_call, parse_call
 from data_pipeline.sandbox import Sandbox, SandboxError
 from lwm.config import SandboxConfig
 from lwm.domains.registered import McpDomain
+from lwm.domains.tools import extract_tool_call, parse_tool_call
 
 ERROR_LINE = "isError: true"
 _INSTALL = {"python": "python3 -m venv {dir} && {dir}/bin/pip install mcp-server-git mcp-server-time",
@@ -209,7 +209,7 @@ class McpEnv(Environment):
     def step(self, action: str) -> str:
         if self.episode is None:
             raise RuntimeError("step() before reset()")
-        name, args = parse_call(action)
+        name, args = parse_tool_call(action)
         # An undeclared tool goes to the first server, which answers with its own error.
         server = self.routes.get(name, next(iter(self.routes.values()), ""))
         done: concurrent.futures.Future = concurrent.futures.Future()
@@ -253,9 +253,6 @@ class McpCollector(Collector):
 
     def task(self, index: int, seed: int) -> ScriptedTask:
         return make_task(index, seed)
-
-    def check_action(self, action: str) -> None:
-        parse_call(action)
 
     def agent_prompt(self) -> str:
         if not hasattr(self, "_prompt"):  # the tools come from the real servers, listed once

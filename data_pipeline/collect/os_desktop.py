@@ -23,7 +23,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from data_pipeline.collect.base import ActionError, Collector, Environment, ScriptedTask
+from data_pipeline.collect.base import Collector, Environment, ScriptedTask
 from data_pipeline.collect.os_tasks import make_task
 from data_pipeline.sandbox import HOME, RUN_DIR, Sandbox, SandboxError, require_binary
 from lwm.config import SandboxConfig
@@ -39,14 +39,6 @@ _AGENT_PROMPT = """You control {description}: a {width}x{height} screen showing 
 Each turn you see the accessibility tree: {observation_format}.
 Answer with {action_format}, in one ```python block. Click a widget at the centre of its position and size.
 Reply WAIT to wait, DONE when the task is complete, FAIL if it cannot be done."""
-
-
-def check_action(action: str) -> None:
-    """An action is non-empty Python source (syntax errors are data: Python reports them)."""
-    if not isinstance(action, str) or not action.strip():
-        raise ActionError(f"an os action is pyautogui code, got {action!r:.200}")
-    if "\x00" in action:
-        raise ActionError("action contains a NUL byte")
 
 
 class OsEnv(Environment):
@@ -100,7 +92,7 @@ class OsEnv(Environment):
     def step(self, action: str) -> str:
         if self.server is None:
             raise SandboxError("step() before reset()")
-        check_action(action)
+        OsDomain().check_action(action)
         if action.strip() == WAIT:
             action = "import time\ntime.sleep(1)"
         elif action.strip() in (DONE, FAIL):
@@ -167,9 +159,6 @@ class OsCollector(Collector):
 
     def task(self, index: int, seed: int) -> ScriptedTask:
         return make_task(index, seed)
-
-    def check_action(self, action: str) -> None:
-        check_action(action)
 
     def agent_prompt(self) -> str:
         d = OsDomain()

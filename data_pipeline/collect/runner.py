@@ -179,6 +179,11 @@ def collectable_domains(cfg) -> list[str]:
     return [d for d in cfg.data.domains if d in names]
 
 
+def collect_stage(cfg, paths) -> dict:
+    """`lwm collect`: into the run's collect/ folder."""
+    return collect(cfg, paths.stage("collect"))
+
+
 def collect(cfg, out_dir: Path) -> dict:
     """Collect cfg.collect.num_trajectories episodes per domain (or replay a file) into out_dir."""
     out_dir = Path(out_dir)

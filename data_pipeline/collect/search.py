@@ -28,10 +28,11 @@ import subprocess
 
 import tantivy
 
-from data_pipeline.collect.base import ActionError, Collector, Environment, ScriptedTask
+from data_pipeline.collect.base import Collector, Environment, ScriptedTask
 from data_pipeline.collect.search_index import (html_to_text, open_index, plain_text,
                                                  rst_to_markdown)
 from lwm.domains.registered import SearchDomain
+from lwm.domains.tools import extract_tool_call, parse_tool_call
 
 TOOLS = [
     {"type": "function", "function": {
@@ -64,25 +65,6 @@ TOOL_NAMES = {t["function"]["name"] for t in TOOLS}
 _OPS = ("add", "update", "retrieve", "remove")
 
 
-def parse_action(action: str) -> tuple[str, dict]:
-    """A tool call {"name": str, "arguments": {...}}: its name and arguments."""
-    try:
-        call = json.loads(action)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ActionError(f"action is not JSON ({e}): {str(action)[:200]!r}") from None
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str):
-        raise ActionError(f"action must be {{\"name\": ..., \"arguments\": {{...}}}}: {action[:200]!r}")
-    args = call.get("arguments", {})
-    if isinstance(args, str):  # OpenAI-style calls carry arguments as a JSON string
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            raise ActionError(f"arguments are not JSON: {args[:200]!r}") from None
-    if not isinstance(args, dict):
-        raise ActionError(f"arguments must be an object, got {type(args).__name__}")
-    return call["name"], args
-
-
 class SearchEnv(Environment):
     tools = TOOLS
 
@@ -103,7 +85,7 @@ class SearchEnv(Environment):
         self.memory = {}
 
     def step(self, action: str) -> str:
-        name, args = parse_action(action)
+        name, args = parse_tool_call(action)
         try:
             if name == "web_search":
                 return self.web_search(args.get("query"), args.get("top_k", self.cfg.top_k))
@@ -225,7 +207,6 @@ def render_page(doc: dict, timeout_s: float = 30.0) -> str:
     return doc["body"].strip()
 
 
-_JSON_OBJ = re.compile(r"\{")
 _THINK = re.compile(r"<think>.*?</think>", re.S)
 
 _AGENT_PROMPT = """You are a research agent with {description}.
@@ -245,29 +226,13 @@ class SearchCollector(Collector):
         from data_pipeline.collect.search_tasks import make_task
         return make_task(index, seed)
 
-    def check_action(self, action: str) -> None:
-        # Only the call's shape: an unknown tool name is the environment's error observation.
-        parse_action(action)
-
     def agent_prompt(self) -> str:
         d = SearchDomain()
         return _AGENT_PROMPT.format(description=d.description, action_format=d.action_format,
                                     tools=json.dumps(TOOLS, indent=1))
 
     def parse_reply(self, reply: str) -> str | None:
-        text = _THINK.sub("", reply or "")
-        decoder = json.JSONDecoder()
-        for match in _JSON_OBJ.finditer(text):
-            try:
-                value, _ = decoder.raw_decode(text, match.start())
-            except json.JSONDecodeError:
-                continue
-            if isinstance(value, dict) and value.get("name") in TOOL_NAMES:
-                action = json.dumps({"name": value["name"], "arguments": value.get("arguments", {})},
-                                    ensure_ascii=False)
-                try:
-                    parse_action(action)
-                except ActionError:
-                    continue
-                return action
-        return "" if re.search(r"^\s*DONE\b", text, re.M) else None
+        action = extract_tool_call(reply, TOOL_NAMES)
+        if action is None and re.search(r"^\s*DONE\b", _THINK.sub("", reply or ""), re.M):
+            return ""
+        return action

@@ -20,10 +20,11 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from data_pipeline.collect.base import ActionError, Collector, Environment, ScriptedTask
+from data_pipeline.collect.base import Collector, Environment, ScriptedTask
 from data_pipeline.collect.swe_tasks import PACKAGES, make_task, require_sdists, sdist_path
 from data_pipeline.sandbox import HOME, Sandbox
 from lwm.domains.registered import SweDomain
+from lwm.domains.tools import extract_tool_call, parse_tool_call
 
 REPO = f"{HOME}/repo"       # the repository as the agent (and the shell) sees it
 _MAX_MATCHES = 200
@@ -63,26 +64,6 @@ _REQUIRED = {t["name"]: t["parameters"]["required"] for t in TOOLS}
 
 class ToolError(Exception):
     """A failed tool call; its message becomes the observation."""
-
-
-def parse_call(action: str) -> tuple[str, dict]:
-    """A tool call {"name": str, "arguments": {...}}; ActionError if it is not one."""
-    try:
-        call = json.loads(action)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ActionError(f"action is not JSON ({e}): {str(action)[:200]!r}") from None
-    if not isinstance(call, dict) or not isinstance(call.get("name"), str) or not call["name"]:
-        raise ActionError(f'action must be a JSON object {{"name": tool, "arguments": {{...}}}}: '
-                          f"{str(action)[:200]!r}")
-    args = call.get("arguments", {})
-    if isinstance(args, str):  # OpenAI-style replies carry the arguments as a JSON string
-        try:
-            args = json.loads(args)
-        except json.JSONDecodeError:
-            raise ActionError(f"tool call arguments are not JSON: {args[:200]!r}") from None
-    if not isinstance(args, dict):
-        raise ActionError(f"tool call arguments must be an object, got {type(args).__name__}")
-    return call["name"], args
 
 
 def _clip(text: str, limit: int) -> str:
@@ -139,7 +120,7 @@ class SweEnv(Environment):
     def step(self, action: str) -> str:
         if self.sandbox is None:
             raise RuntimeError("step() before reset()")
-        name, args = parse_call(action)
+        name, args = parse_tool_call(action)
         try:
             if name not in _REQUIRED:
                 raise ToolError(f"unknown tool '{name}' (tools: {', '.join(_REQUIRED)})")
@@ -294,27 +275,6 @@ Tools:
 {tools}
 Answer every turn with {action_format}, and nothing else.
 Reply {{"name": "done"}} when the task is complete."""
-_THINK = re.compile(r"<think>.*?</think>", re.S)
-
-
-def extract_tool_call(reply: str) -> str | None:
-    """The first JSON object tool call in a reply, compact; '' for {"name": "done"}; None if none."""
-    text = _THINK.sub("", reply or "")
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict) and isinstance(value.get("name"), str):
-            if value["name"] == "done":
-                return ""
-            try:
-                name, args = parse_call(json.dumps(value))
-            except ActionError:
-                continue
-            return json.dumps({"name": name, "arguments": args}, ensure_ascii=False)
-    return None
 
 
 class SweCollector(Collector):
@@ -325,9 +285,6 @@ class SweCollector(Collector):
 
     def task(self, index: int, seed: int) -> ScriptedTask:
         return make_task(index, seed, self.cfg.swe.sdist_dir)
-
-    def check_action(self, action: str) -> None:
-        parse_call(action)
 
     def agent_prompt(self) -> str:
         domain = SweDomain()

@@ -8,7 +8,6 @@ is how "the screen stopped changing" is detected without polling.
 
 from __future__ import annotations
 
-import json
 import os
 import queue
 import re
@@ -16,9 +15,10 @@ import subprocess
 import threading
 import time
 
-from data_pipeline.collect.base import ActionError, Environment, ScriptedTask
+from data_pipeline.collect.base import Environment, ScriptedTask
 from data_pipeline.sandbox import RUN_DIR, Sandbox, SandboxError, require_binary
 from lwm.config import CollectConfig
+from lwm.domains.terminal import parse_keystrokes
 
 SESSION = "main"
 _KEY_NAME = re.compile(
@@ -35,24 +35,6 @@ _TMUX_CONF = "\n".join([
 
 class EnvironmentClosed(RuntimeError):
     pass
-
-
-def parse_action(action: str) -> list[dict]:
-    """A Terminal-Bench keystroke list: [{"keystrokes": str, "duration": seconds >= 0}, ...]."""
-    try:
-        batches = json.loads(action)
-    except (json.JSONDecodeError, TypeError) as e:
-        raise ActionError(f"action is not JSON ({e}): {str(action)[:200]!r}") from None
-    if not isinstance(batches, list):
-        raise ActionError(f"action must be a JSON list of keystroke batches, got "
-                          f"{type(batches).__name__}: {action[:200]!r}")
-    for i, b in enumerate(batches):
-        if not isinstance(b, dict) or not isinstance(b.get("keystrokes"), str):
-            raise ActionError(f"action batch {i} needs a string 'keystrokes': {action[:200]!r}")
-        duration = b.get("duration", 0)
-        if isinstance(duration, bool) or not isinstance(duration, (int, float)) or duration < 0:
-            raise ActionError(f"action batch {i}: 'duration' must be a number >= 0, got {duration!r}")
-    return batches
 
 
 def _quote(text: str) -> str:
@@ -167,7 +149,7 @@ class TerminalEnv(Environment):
     def step(self, action: str) -> str:
         if self.client is None:
             raise EnvironmentClosed("step() before reset()")
-        batches = parse_action(action)
+        batches = parse_keystrokes(action)
         for batch in batches:
             self._send(batch["keystrokes"])
             time.sleep(min(float(batch.get("duration", 0)), self.cfg.step_timeout_s))

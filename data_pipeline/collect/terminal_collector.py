@@ -8,8 +8,8 @@ import re
 
 from data_pipeline.collect.base import ActionError, Collector, ScriptedTask
 from data_pipeline.collect.tasks import make_task
-from data_pipeline.collect.terminal import TerminalEnv, parse_action
-from lwm.domains.terminal import TerminalDomain
+from data_pipeline.collect.terminal import TerminalEnv
+from lwm.domains.terminal import TerminalDomain, parse_keystrokes
 
 _THINK = re.compile(r"<think>.*?</think>", re.S)
 
@@ -28,7 +28,7 @@ def extract_keystrokes(reply: str) -> list[dict] | None:
         except json.JSONDecodeError:
             continue
         try:
-            return parse_action(json.dumps(value))
+            return parse_keystrokes(json.dumps(value))
         except ActionError:
             continue
     return None
@@ -42,9 +42,6 @@ class TerminalCollector(Collector):
 
     def task(self, index: int, seed: int) -> ScriptedTask:
         return make_task(index, seed)
-
-    def check_action(self, action: str) -> None:
-        parse_action(action)
 
     def agent_prompt(self) -> str:
         domain = TerminalDomain(self.cfg.width, self.cfg.height)

@@ -15,23 +15,15 @@ the browser's; each episode gets a fresh browser context and a fresh Trac projec
 
 from __future__ import annotations
 
-import ast
 import re
 from urllib.parse import urlsplit
 
 from data_pipeline.collect.base import ActionError, Collector, Environment, ScriptedTask
 from data_pipeline.collect.web_app import TracApp
-from lwm.domains.registered import WebDomain
+from lwm.domains.web import ACTIONS, WebDomain, parse_browser_action
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync"]
-# name -> the literal types of its positional arguments (trailing ones optional where noted)
-ACTIONS = {"click": (str,), "dblclick": (str,), "hover": (str,), "fill": (str, str),
-           "clear": (str,), "select_option": (str, (str, list)), "press": (str, str),
-           "focus": (str,), "goto": (str,), "scroll": ((int, float), (int, float)),
-           "go_back": (), "go_forward": (), "noop": ((int, float),)}
-_OPTIONAL_LAST = {"noop"}
-
 # Numbers every element in document order (frames included) so the tree can name them.
 _MARK_JS = """() => { let n = 0;
   const mark = (doc) => { for (const el of doc.querySelectorAll('*')) {
@@ -40,30 +32,6 @@ _MARK_JS = """() => { let n = 0;
   mark(document); return n; }"""
 _SKIP_ROLES = {"none", "generic", "InlineTextBox", "LineBreak", "ignored"}
 _PROPS = ("checked", "selected", "expanded", "disabled", "required", "focused")
-
-
-def parse_action(action: str) -> tuple[str, list]:
-    """A BrowserGym action call: its name and literal arguments. Raises ActionError."""
-    try:
-        node = ast.parse(action.strip(), mode="eval").body
-    except (SyntaxError, ValueError, AttributeError):
-        raise ActionError(f"not a BrowserGym action call: {str(action)[:200]!r}") from None
-    if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Name) or node.keywords:
-        raise ActionError(f"expected one call like click('12'), got {action[:200]!r}")
-    name = node.func.id
-    if name not in ACTIONS:
-        raise ActionError(f"unknown action '{name}' (actions: {', '.join(ACTIONS)})")
-    try:
-        args = [ast.literal_eval(a) for a in node.args]
-    except ValueError:
-        raise ActionError(f"arguments must be literals: {action[:200]!r}") from None
-    types = ACTIONS[name]
-    if not (len(types) - (name in _OPTIONAL_LAST) <= len(args) <= len(types)):
-        raise ActionError(f"{name} takes {len(types)} argument(s), got {len(args)}: {action[:200]!r}")
-    for arg, typ in zip(args, types):
-        if isinstance(arg, bool) or not isinstance(arg, typ):
-            raise ActionError(f"{name}: bad argument {arg!r} in {action[:200]!r}")
-    return name, args
 
 
 def _linearise(nodes: list[dict], bids: dict[int, str], max_lines: int) -> str:
@@ -172,7 +140,7 @@ class WebEnv(Environment):
         return self.last_tree
 
     def step(self, action: str) -> str:
-        name, args = parse_action(action)
+        name, args = parse_browser_action(action)
         from playwright.sync_api import Error as PlaywrightError
         try:
             self._do(name, args)
@@ -261,9 +229,6 @@ class WebCollector(Collector):
         from data_pipeline.collect.web_tasks import make_task
         return make_task(index, seed, lambda: self._env.last_tree if self._env else "")
 
-    def check_action(self, action: str) -> None:
-        parse_action(action)
-
     def agent_prompt(self) -> str:
         d = WebDomain()
         return _AGENT_PROMPT.format(description=d.description, action_format=d.action_format)
@@ -272,7 +237,7 @@ class WebCollector(Collector):
         text = _THINK.sub("", reply or "")
         for m in _CALL.finditer(text):
             try:
-                parse_action(m.group(0))
+                parse_browser_action(m.group(0))
                 return m.group(0).strip()
             except ActionError:
                 continue

@@ -2,23 +2,20 @@
 
 Whole-trajectory filters return a reason to drop (or None). Turn clean-up returns the kept
 trajectory plus, per step, whether it becomes a training sample: retry cycles and GUI no-change
-turns stay in the state chain (later turns' history needs them) but are not expanded.
+turns stay in the state chain (later turns' history needs them) but are not expanded. What a
+domain is (tool or GUI), its action grammar and what an error looks like, the domain says.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import replace
 
 from lwm.config import FilterConfig
+from lwm.domains import Domain, get_domain
 from lwm.schema import Trajectory
 
-GUI_DOMAINS = ("web", "os", "android")
-TOOL_DOMAINS = ("mcp", "swe")
 _EMPTY_ACTIONS = {"", "[]", "{}", "null", '""', "noop()"}
-_ERROR = re.compile(r"(?i)\b(error|exception|traceback|invalid|not found|unknown|failed|"
-                    r"no such|cannot|unrecognized|malformed)\b")
 # The environment itself broke (the app server is down, the browser or emulator died); an
 # action's own failure (a blocked URL, a missing element) is data and stays.
 _GUI_FAILURE = re.compile(r"(?i)(net::ERR_(?:CONNECTION_REFUSED|CONNECTION_RESET|CONNECTION_CLOSED|"
@@ -27,36 +24,12 @@ _GUI_FAILURE = re.compile(r"(?i)(net::ERR_(?:CONNECTION_REFUSED|CONNECTION_RESET
                           r"emulator (?:crashed|offline)|session not created)")
 
 
-def tool_name(action: str) -> str | None:
-    """The tool an action calls, for JSON tool-call actions ({"name": ...})."""
-    try:
-        call = json.loads(action)
-    except (json.JSONDecodeError, TypeError):
-        return None
-    if isinstance(call, dict):
-        name = call.get("name") or (call.get("function") or {}).get("name")
-        return name if isinstance(name, str) else None
-    return None
-
-
-def declared_tools(traj: Trajectory) -> set[str]:
-    names = set()
-    for tool in traj.tools:
-        name = tool.get("name") or (tool.get("function") or {}).get("name")
-        if isinstance(name, str):
-            names.add(name)
-    return names
-
-
-def drop_reason(traj: Trajectory, cfg: FilterConfig) -> str | None:
+def drop_reason(traj: Trajectory, cfg: FilterConfig, domain: Domain | None = None) -> str | None:
     """Why the whole trajectory is filtered out, or None to keep it."""
-    if cfg.undeclared_tools and traj.domain in TOOL_DOMAINS:
-        declared = declared_tools(traj)
-        for step in traj.steps:
-            name = tool_name(step.action)
-            if name is not None and name not in declared:
-                return "undeclared tool"
-    if cfg.gui_failures and traj.domain in GUI_DOMAINS:
+    domain = domain or get_domain(traj.domain)
+    if cfg.undeclared_tools and domain.undeclared_tool(traj) is not None:
+        return "undeclared tool"
+    if cfg.gui_failures and domain.kind == "gui":
         observations = [traj.initial_observation] + [s.observation for s in traj.steps]
         if any(_GUI_FAILURE.search(o) for o in observations) or not any(o.strip() for o in observations):
             return "gui environment failure"
@@ -65,17 +38,15 @@ def drop_reason(traj: Trajectory, cfg: FilterConfig) -> str | None:
     return None
 
 
-def is_error(observation: str) -> bool:
-    return bool(_ERROR.search(observation[:2000]))
-
-
-def clean_turns(traj: Trajectory, cfg: FilterConfig, is_malformed=None) -> tuple[Trajectory, list[bool], dict]:
+def clean_turns(traj: Trajectory, cfg: FilterConfig, domain: Domain | None = None
+                ) -> tuple[Trajectory, list[bool], dict]:
     """Strip empty-action turns; mark retry cycles and GUI no-change turns as context only.
 
-    A retry cycle is a malformed ("garbage") action answered by an error and followed by a
-    retry; its turns stay in the chain so later states stay consistent, but are never targets.
-    `is_malformed(action)` is the domain's action check (None: every action is well formed).
+    A retry cycle is a malformed ("garbage") action, in the domain's grammar, answered by an
+    error and followed by a retry; its turns stay in the chain so later states stay consistent,
+    but are never targets.
     """
+    domain = domain or get_domain(traj.domain)
     stats = {"empty_actions": 0, "retry_turns": 0, "gui_no_change": 0}
     steps = traj.steps
     if cfg.strip_empty_actions:
@@ -84,12 +55,12 @@ def clean_turns(traj: Trajectory, cfg: FilterConfig, is_malformed=None) -> tuple
         steps = kept
     sample = [True] * len(steps)
     for i, step in enumerate(steps):
-        if (cfg.skip_retry_cycles and is_malformed is not None and i + 1 < len(steps)
-                and is_malformed(step.action) and is_error(step.observation)):
+        if (cfg.skip_retry_cycles and i + 1 < len(steps) and domain.is_malformed(step.action)
+                and domain.is_error(step.observation)):
             sample[i] = False
             stats["retry_turns"] += 1
         previous = steps[i - 1].observation if i else traj.initial_observation
-        if cfg.skip_gui_no_change and traj.domain in GUI_DOMAINS and step.observation == previous:
+        if cfg.skip_gui_no_change and domain.kind == "gui" and step.observation == previous:
             if sample[i]:
                 stats["gui_no_change"] += 1
             sample[i] = False

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import importlib
 
-from lwm.domains.base import OBS_CLOSE, OBS_OPEN, Domain, Verdict, extract_observation
-from lwm.domains.registered import (AndroidDomain, McpDomain, OsDomain, SearchDomain,
-                                    SweDomain, WebDomain)
+from lwm.domains.base import OBS_CLOSE, OBS_OPEN, ActionError, Domain, Verdict, extract_observation
+from lwm.domains.registered import AndroidDomain, McpDomain, OsDomain, SearchDomain, SweDomain
 from lwm.domains.terminal import TerminalDomain
+from lwm.domains.tools import ToolDomain
+from lwm.domains.web import WebDomain
 
 _REGISTRY: dict[str, type[Domain]] = {}
 
@@ -35,6 +36,15 @@ def register_path(path: str) -> type[Domain]:
     return register(cls)
 
 
+def register_extra(extra_domains) -> None:
+    """Register config's `data.extra_domains` ({name: 'module:Class'}); each class's `name`
+    must be its key. Idempotent, so every process (prepare's workers too) can call it."""
+    for name, path in extra_domains.items():
+        cls = register_path(path)
+        if cls.name != name:
+            raise ValueError(f"data.extra_domains.{name}: '{path}' is the domain '{cls.name}'")
+
+
 def get_domain(name: str) -> Domain:
     if name not in _REGISTRY:
         raise KeyError(f"unknown domain '{name}' (registered: {', '.join(sorted(_REGISTRY))})")
@@ -45,5 +55,6 @@ def domain_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-__all__ = ["Domain", "Verdict", "OBS_OPEN", "OBS_CLOSE", "extract_observation", "register",
-           "register_path", "get_domain", "domain_names"]
+__all__ = ["Domain", "ToolDomain", "ActionError", "Verdict", "OBS_OPEN", "OBS_CLOSE",
+           "extract_observation", "register", "register_path", "register_extra", "get_domain",
+           "domain_names"]

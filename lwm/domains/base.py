@@ -1,7 +1,10 @@
-"""What a domain is: its system prompt, how its actions and observations render, its verifiers.
+"""What a domain is: its system prompt, how its actions and observations render, its verifiers,
+and what the pipeline asks of it: its kind (text, tool or GUI), its action grammar, what an
+error observation looks like, the judge's paragraph on it and a few demo actions.
 
 Every built-in domain and every user domain is a subclass registered by name; the pipeline
-never branches on a domain's name.
+never branches on a domain's name. Every hook has a default here, so a user domain registered
+from config (`data.extra_domains`) works with the filters, verifiers, prepare and the world env.
 """
 
 from __future__ import annotations
@@ -10,10 +13,22 @@ import difflib
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from lwm.schema import Trajectory
 
 OBS_OPEN, OBS_CLOSE = "<predicted_observation>", "</predicted_observation>"
+# The judge's per-domain paragraphs, <name>.txt, kept with the judge's other prompts.
+JUDGE_GUIDES = Path(__file__).resolve().parent.parent / "endpoints" / "prompts" / "domains"
+# Failure markers across domains (shell, Python, HTTP, tool and MCP errors); a domain with a
+# sharper notion sets its own `error_pattern`.
+ERROR = re.compile(r"(?i)(\berror\b|exception|traceback|invalid|not found|no such|unknown|"
+                   r"unrecognized|malformed|failed|cannot|unable to|denied|fatal:|\bis_?error\b|"
+                   r"\b[45]\d\d\b)")
+
+
+class ActionError(ValueError):
+    """An action that is not well formed in its domain's grammar (the environment cannot run it)."""
 _THINK = re.compile(r"<think>.*?</think>", re.S)
 _TAGGED = re.compile(re.escape(OBS_OPEN) + r"(.*?)(?:" + re.escape(OBS_CLOSE) + r"|\Z)", re.S)
 
@@ -48,6 +63,13 @@ class Domain:
     action_format: str = ""       # what an action string holds
     observation_format: str = ""  # what an observation string holds
     description: str = ""         # the environment, for the system prompt
+    # "text" (free-form actions and observations), "tool" (JSON tool calls, see tools.py) or
+    # "gui" (observations are screens: the curation filters treat environment crashes and
+    # no-change turns of GUI domains specially).
+    kind: str = "text"
+    error_pattern: re.Pattern = ERROR
+    judge_guide: str = ""         # the judge's paragraph; empty: JUDGE_GUIDES/<name>.txt if any
+    demo_actions: tuple[str, ...] = ()  # plausible actions in action_format, for demos and tests
 
     # System-prompt variants: the recipe trains RL on variant 0, CPT on variant 1 and SFT on
     # the others (drawn per sample) so the model does not overfit one phrasing. Each variant
@@ -91,6 +113,32 @@ class Domain:
             return json.dumps(json.loads(action), ensure_ascii=False, indent=None)
         except (json.JSONDecodeError, TypeError):
             return json.dumps(action, ensure_ascii=False)
+
+    def check_action(self, action: str) -> None:
+        """Raise ActionError unless `action` is well formed in this domain's grammar. The
+        default knows no grammar and accepts every action."""
+
+    def is_malformed(self, action: str) -> bool:
+        try:
+            self.check_action(action)
+            return False
+        except ActionError:
+            return True
+
+    def undeclared_tool(self, traj: Trajectory) -> str | None:
+        """A tool a step calls that the record does not declare (tool domains only), or None."""
+        return None
+
+    def is_error(self, observation: str) -> bool:
+        """Whether an observation reports a failure (the environment's error answer)."""
+        return bool(self.error_pattern.search(observation))
+
+    def judge_paragraph(self) -> str:
+        """What the judge should hold strictly and what it should judge for plausibility here."""
+        if self.judge_guide:
+            return self.judge_guide.strip()
+        path = JUDGE_GUIDES / f"{self.name}.txt"
+        return path.read_text(encoding="utf-8").strip() if self.name and path.exists() else ""
 
     def check_format(self, observation: str) -> float:
         """How well an observation follows this domain's format, in [0, 1]."""

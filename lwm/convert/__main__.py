@@ -1,3 +1,0 @@
-from lwm.convert import main
-
-main()
