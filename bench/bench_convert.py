@@ -9,7 +9,7 @@ Builds a random HF checkpoint of the given shape in bfloat16, then runs, each in
 - `export`: the same module's `export` (dist checkpoint -> HF safetensors shards);
 and prints each one's peak RSS above the floor, in multiples of the checkpoint's size. The conversion reads a tensor at a
 time and converts a layer at a time, so its peak should stay near one copy of the model.
-On a machine without a GPU, Megatron runs through the tests' CPU shim (tests/megatron_site).
+On a machine without a GPU, Megatron runs through the tests' CPU shim (tests/helpers/megatron_site).
 """
 
 from __future__ import annotations
@@ -87,7 +87,7 @@ def main() -> None:
     build_model(cfg.model, len(tok), tok).to(torch.bfloat16).save_pretrained(hf_dir, max_shard_size="1GB")
     size_mib = sum(p.stat().st_size for p in hf_dir.glob("*.safetensors")) / 2**20
 
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "megatron_site"), str(ROOT)]),
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "helpers" / "megatron_site"), str(ROOT)]),
            "WANDB_MODE": "disabled", "PYTHONWARNINGS": "ignore"}
     load = [sys.executable, "-c", "import sys, torch; from transformers import AutoModelForCausalLM; "
             "AutoModelForCausalLM.from_pretrained(sys.argv[1], dtype=torch.bfloat16)", str(hf_dir)]

@@ -166,7 +166,8 @@ class RenderShards(PipelineStep):
 
     def __init__(self, work: str, tokenizer: str, data: DataConfig, prepare: PrepareConfig, seed: int):
         super().__init__()
-        self.work, self.tokenizer, self.data, self.prepare, self.seed = work, tokenizer, data, prepare, seed
+        self.work, self.tokenizer, self.seed = work, tokenizer, seed
+        self.data, self.prepare = data, prepare
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         register_extra(self.data.extra_domains)  # a worker process starts with the built-ins only

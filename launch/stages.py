@@ -58,8 +58,7 @@ def setup(cfg: DictConfig) -> RunPaths:
     if cfg.backend.num_threads:
         torch.set_num_threads(cfg.backend.num_threads)
     os.environ.setdefault("WANDB_MODE", cfg.wandb.mode)
-    for path in cfg.data.extra_domains.values():
-        domains.register_path(path)
+    domains.register_extra(cfg.data.extra_domains)
     for name in cfg.data.domains:
         domains.get_domain(name)  # fail now, not after collection, on an unknown domain
     return RunPaths(Path(cfg.run_dir))

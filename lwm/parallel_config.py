@@ -37,7 +37,6 @@ class DeepSpeedConfig:
 class MegatronConfig:
     tensor_parallel: int = 1
     pipeline_parallel: int = 1
-    virtual_pipeline_parallel: int = 0   # 0 = no interleaved schedule
     context_parallel: int = 1
     expert_parallel: int = 1
     expert_tensor_parallel: int = 1
@@ -109,9 +108,7 @@ def parallel_plan(mcfg, bcfg, world_size: int) -> ParallelPlan:
     must_divide(errors, mcfg.moe_intermediate_size, "model.moe_intermediate_size", etp,
                 "backend.megatron.expert_tensor_parallel")
     family(mcfg.arch).check_parallel(mcfg, m, errors)
-    stages = pp * max(m.virtual_pipeline_parallel, 1)
-    must_divide(errors, mcfg.num_layers, "model.num_layers", stages,
-                "backend.megatron.pipeline_parallel * virtual_pipeline_parallel")
+    must_divide(errors, mcfg.num_layers, "model.num_layers", pp, "backend.megatron.pipeline_parallel")
     must_divide(errors, world_size, "world size (cluster.nodes * cluster.gpus_per_node)", tp * pp * cp,
                 "tensor_parallel * pipeline_parallel * context_parallel")
     # The expert layers fold the same ranks as ETP x EP x expert-DP x PP (MoE parallel folding).
@@ -125,8 +122,6 @@ def parallel_plan(mcfg, bcfg, world_size: int) -> ParallelPlan:
                       "when expert_parallel = 1")
     if tp > 1 and mcfg.num_experts > 0 and not m.sequence_parallel:
         errors.append("backend.megatron.sequence_parallel must be true when tensor_parallel > 1 with MoE")
-    if m.virtual_pipeline_parallel and pp == 1:
-        errors.append("backend.megatron.virtual_pipeline_parallel needs pipeline_parallel > 1")
     if m.token_dispatcher not in ("alltoall", "allgather", "flex"):
         errors.append(f"backend.megatron.token_dispatcher = '{m.token_dispatcher}': alltoall | allgather | flex")
     if m.recompute_granularity not in ("", "full", "selective"):

@@ -40,7 +40,8 @@ def test_deepspeed_json_per_zero_stage(stage):
     assert cfg["gradient_clipping"] == 0.5
     assert cfg["bf16"] == {"enabled": True}
     assert cfg["zero_optimization"]["stage"] == stage
-    assert cfg["optimizer"]["params"]["lr"] == 1e-4 and cfg["optimizer"]["params"]["weight_decay"] == 0.1
+    # the optimizer and schedule are the one definition (lwm.train.optim), handed to DeepSpeed
+    assert "optimizer" not in cfg and "scheduler" not in cfg
     assert ("stage3_prefetch_bucket_size" in cfg["zero_optimization"]) == (stage == 3)
     assert "offload_optimizer" not in cfg["zero_optimization"]
 
@@ -66,13 +67,14 @@ def test_deepspeed_bad_settings_name_the_field(fields, message):
         ds_config(backend(**fields), CptConfig(), 2)
 
 
-def test_deepspeed_ep_checks():
+def test_deepspeed_keeps_every_expert_on_every_rank():
+    """The HF MoE blocks train data-parallel under DeepSpeed; expert parallelism is Megatron's,
+    and a DeepSpeed expert-parallel knob that nothing wires does not exist."""
     m = ModelConfig(num_experts=8)
-    assert parallel_plan(m, backend(deepspeed__ep_size=2), 4).num_local_experts == 4
-    with pytest.raises(ValueError, match="world size = 3 is not divisible by backend.deepspeed.ep_size = 2"):
-        parallel_plan(m, backend(deepspeed__ep_size=2), 3)
-    with pytest.raises(ValueError, match="zero_stage <= 2"):
-        parallel_plan(m, backend(deepspeed__ep_size=2, deepspeed__zero_stage=3), 4)
+    plan = parallel_plan(m, backend(), 4)
+    assert (plan.ep, plan.dp, plan.num_local_experts) == (1, 4, 8)
+    assert not hasattr(BackendConfig().deepspeed, "ep_size")
+    assert not hasattr(BackendConfig().megatron, "virtual_pipeline_parallel")
 
 
 def test_megatron_transformer_config_tiny():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-WORKER = ROOT / "tests" / "backend_worker.py"
+WORKER = ROOT / "tests" / "helpers" / "backend_worker.py"
 
 
 def _free_port() -> int:

@@ -1,6 +1,6 @@
 """backend=megatron on CPU over gloo: megatron-core's own model, DDP, distributed optimizer,
-schedule and dist_checkpointing, with only its CUDA-only spots patched (tests/megatron_cpu.py,
-loaded into every process through tests/megatron_site).
+schedule and dist_checkpointing, with only its CUDA-only spots patched (tests/helpers/megatron_cpu.py,
+loaded into every process through tests/helpers/megatron_site).
 
 - the Megatron model computes the HF model's logits from converted weights;
 - `lwm cpt backend=megatron` trains from the HF starting point, its loss falls and it ends in
@@ -30,7 +30,7 @@ from safetensors.torch import load_file
 from tests.conftest import run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
-SITE = Path(__file__).resolve().parent / "megatron_site"
+SITE = Path(__file__).resolve().parent / "helpers" / "megatron_site"
 STEPS = ["backend=megatron", "backend.dtype=float32", "backend.megatron.grouped_gemm=false",
          "cpt.max_steps=4", "cpt.save_every=2", "cpt.warmup_steps=1", "cpt.batch_size=2", "cpt.lr=3e-3",
          "backend.num_threads=1"]
@@ -57,7 +57,7 @@ def _assert_same_weights(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("arch", ["qwen3_moe", "qwen3_5_moe"])
 def test_megatron_model_computes_the_hf_logits(arch):
-    res = subprocess.run([sys.executable, str(ROOT / "tests" / "megatron_forward.py"), arch], env=_env(),
+    res = subprocess.run([sys.executable, str(ROOT / "tests" / "helpers" / "megatron_forward.py"), arch], env=_env(),
                          cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-4000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])

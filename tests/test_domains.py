@@ -83,7 +83,8 @@ def test_one_tool_call_parser_for_every_tool_domain():
 
 
 def test_tool_calls_pulled_out_of_replies():
-    reply = '<think>{"name": "x"}</think>Sure: ```json\n{"name": "read_file", "arguments": {"path": "a"}}\n```'
+    reply = ('<think>{"name": "x"}</think>Sure: ```json\n'
+             '{"name": "read_file", "arguments": {"path": "a"}}\n```')
     assert extract_tool_call(reply) == '{"name": "read_file", "arguments": {"path": "a"}}'
     assert extract_tool_call('{"name": "other"} then {"name": "f", "arguments": "{\\"q\\": 1}"}',
                              tools={"f"}) == '{"name": "f", "arguments": {"q": 1}}'
@@ -116,7 +117,8 @@ def test_error_detection_per_domain():
         assert base.is_error(text), text
     assert not base.is_error("user@sandbox:~$ ls\nnotes.txt")
     # The shell's own markers: case matters there ("error:" as tools print it, "No such file").
-    assert term.is_error("cat: x: No such file or directory") and term.is_error("bash: foo: command not found")
+    assert term.is_error("cat: x: No such file or directory")
+    assert term.is_error("bash: foo: command not found")
     assert not term.is_error("grep -c errors log.txt\n0")
     toy = ToyToolDomain()
     assert toy.is_error("E42 disk full") and not toy.is_error("no E42 here")
@@ -152,7 +154,8 @@ def test_filters_ask_the_domains_kind():
 
 
 def test_user_domain_from_config_gets_every_hook():
-    register_extra({"toy": "tests.test_domains:ToyDomain", "toytool": "tests.test_domains:ToyToolDomain"})
+    register_extra({"toy": "tests.test_domains:ToyDomain",
+                    "toytool": "tests.test_domains:ToyToolDomain"})
     register_extra({"toy": "tests.test_domains:ToyDomain"})  # idempotent: every worker calls it
     toy = get_domain("toy")
     assert toy.kind == "text" and toy.demo_actions == () and toy.judge_paragraph() == ""

@@ -142,9 +142,10 @@ def test_a_user_domain_from_config_reaches_the_workers(tmp_path, monkeypatch):
     path = tmp_path / "toy.jsonl"
     with open(path, "w") as f:
         for i in range(12):
-            steps = [{"action": f"{words[i]} {j}", "observation": f"{words[(i + j) % 12]} says {i * j} {j}"}
-                     for j in range(3)]
-            f.write(json.dumps({"id": f"toy-{i}", "domain": "toy", "source": "test", "steps": steps}) + "\n")
+            steps = [{"action": f"{words[i]} {j}",
+                      "observation": f"{words[(i + j) % 12]} says {i * j} {j}"} for j in range(3)]
+            rec = {"id": f"toy-{i}", "domain": "toy", "source": "test", "steps": steps}
+            f.write(json.dumps(rec) + "\n")
     cfg = make_cfg(tmp_path, f"prepare.input={path}", "prepare.tasks=2", "prepare.workers=2",
                    "prepare.dedup=false", "data.domains=[toy]")
     cfg.data.extra_domains = {"toy": "tests.test_domains:ToyDomain"}

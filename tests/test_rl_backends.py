@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from lwm.models.hf import load_model
 from tests.conftest import make_cfg
-from tests.test_sft_backends import assert_same_weights, trained, weights
+from tests.helpers.training import assert_same_weights, trained, weights
 
 # Two prompts of four generations per step, short completions: a few seconds a step on CPU.
 STEPS = ["rl.max_steps=2", "rl.save_every=2", "rl.log_every=1", "rl.batch_size=4", "rl.num_generations=4",

@@ -5,11 +5,12 @@ and the SFT teacher: the five-dimension rubric, the Turing test and the referenc
 Prompts are ours (lwm/endpoints/prompts/) unless a judge's `prompts` names a folder; a file there
 replaces ours of the same name, and `<domain>/judge_system_prompt.txt` (the benchmark's layout)
 replaces the rubric's system prompt for that domain. Training (`Judge`: RL reward, SFT teacher)
-also appends the domain's paragraph from prompts/domains/ on what is deterministic (judged
-strictly) and what is pre-existing or runtime content (judged for plausibility); eval keeps the
-benchmark's prompts as they are, so its scores stay comparable. An unparseable judgement is
-retried, then counted as failed; `judge_all` appends judgements to a file as they arrive, so a
-killed run continues where it stopped.
+also appends the domain's judge paragraph (Domain.judge_paragraph, by default
+prompts/domains/<name>.txt) on what is deterministic (judged strictly) and what is pre-existing
+or runtime content (judged for plausibility); eval keeps the benchmark's prompts as they are, so
+its scores stay comparable. An unparseable judgement is retried, then counted as failed;
+`judge_all` appends judgements to a file as they arrive, so a killed run continues where it
+stopped.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from lwm.endpoints.sample import view
 
 log = logging.getLogger("lwm.endpoints")
 PROMPTS = Path(__file__).parent / "prompts"
-DOMAIN_GUIDES = PROMPTS / "domains"
 DIMENSIONS = ("format", "factuality", "consistency", "realism", "quality")
 _EVAL = re.compile(r"<evaluation>(.*?)</evaluation>", re.S)
 _BOXED = re.compile(r"\\boxed\{\s*([^{}]*?)\s*\}")
@@ -72,9 +72,9 @@ class Prompts:
             system = fill(self._read(f"{kind}_system.txt"), domain=domain,
                           description=dom.description if dom else f"the {domain} environment",
                           observation_format=dom.observation_format if dom else "as the environment writes them")
-        guide = DOMAIN_GUIDES / f"{domain}.txt"
-        if kind == "rubric" and self.domain_guides and guide.exists():
-            system = system.rstrip() + "\n\n" + guide.read_text(encoding="utf-8").strip()
+        guide = dom.judge_paragraph() if dom and self.domain_guides and kind == "rubric" else ""
+        if guide:
+            system = system.rstrip() + "\n\n" + guide
         user = fill(self._read(f"{kind}_user.txt"), **fields).strip()
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 

@@ -8,7 +8,8 @@ from types import ModuleType
 
 
 class ModelFamily:
-    """One architecture (`model.arch`). A family subclasses this and fills in every hook."""
+    """One architecture (`model.arch`). A family subclasses this and fills in every hook
+    (check_parallel may stay empty: the generic checks cover a plain MoE transformer)."""
 
     arch: str = ""                      # the model.arch value that selects it
     hf_model_types: tuple[str, ...] = ()  # HF config.model_type values whose checkpoints it reads

@@ -38,7 +38,6 @@ def transformer_config(mcfg, bcfg, use_cpu_initialization: bool = False):
         moe_token_dispatcher_type=m.token_dispatcher, moe_grouped_gemm=m.grouped_gemm,
         moe_permute_fusion=m.permute_fusion,
         tensor_model_parallel_size=m.tensor_parallel, pipeline_model_parallel_size=m.pipeline_parallel,
-        virtual_pipeline_model_parallel_size=m.virtual_pipeline_parallel or None,
         context_parallel_size=m.context_parallel, expert_model_parallel_size=m.expert_parallel,
         expert_tensor_parallel_size=m.expert_tensor_parallel, sequence_parallel=m.sequence_parallel,
         recompute_granularity=recompute,

@@ -44,7 +44,6 @@ def _one_rank_model(cfg, vocab: int, meta: bool):
     m = b.megatron
     m.tensor_parallel = m.pipeline_parallel = m.context_parallel = 1
     m.expert_parallel = m.expert_tensor_parallel = 1
-    m.virtual_pipeline_parallel = 0
     m.sequence_parallel, m.grouped_gemm = False, False
     ps.initialize_model_parallel()  # every size 1
     tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)

@@ -51,7 +51,8 @@ class HFEngine(Engine):
             model = checkpoint.model_skeleton(resume_from, cfg.model, cfg.backend.dtype)
         else:
             model = load_model(resume_from, cfg.model, cfg.backend.dtype)
-        model.train()
+        self.device = pdist.device()
+        model.to(self.device).train()
         self.raw = model                      # unwrapped (FSDP2 shards in place: the same module)
         self.model = wrap(model, self.strategy)
         self.opt = torch_optimizer(self.model, spec(self.job.tcfg))
@@ -61,7 +62,7 @@ class HFEngine(Engine):
     def step(self, micro, lr: float) -> tuple[float, float]:
         loss_sum = 0.0
         for ids, labels in micro:
-            loss = lm_loss(self.model, ids, labels) / len(micro)
+            loss = lm_loss(self.model, ids.to(self.device), labels.to(self.device)) / len(micro)
             loss.backward()
             loss_sum += loss.item()
         grad_norm = clip_grad_norm(self.model, self.job.tcfg.max_grad_norm)
@@ -74,7 +75,7 @@ class HFEngine(Engine):
     @torch.no_grad()
     def eval_loss(self, ids, labels) -> float:
         self.raw.eval()
-        loss = lm_loss(self.raw, ids, labels, aux=False).item()
+        loss = lm_loss(self.raw, ids.to(self.device), labels.to(self.device), aux=False).item()
         self.raw.train()
         return loss
 

@@ -1,4 +1,4 @@
-"""Run with tests/megatron_site on PYTHONPATH (Megatron on CPU): `python tests/megatron_forward.py [ARCH]`.
+"""Run with tests/helpers/megatron_site on PYTHONPATH (Megatron on CPU): `python tests/helpers/megatron_forward.py [ARCH]`.
 
 Builds a tiny model of ARCH (qwen3_moe, the default, or qwen3_5_moe) in HF and in megatron-core
 from the same config, copies the HF weights through lwm.models.convert, and prints the largest logit

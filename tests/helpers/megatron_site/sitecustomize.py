@@ -1,5 +1,5 @@
 """Put this folder on PYTHONPATH to run Megatron on CPU in every process of a test (torchrun
-workers, the checkpoint import/export subprocesses): see tests/megatron_cpu.py."""
+workers, the checkpoint import/export subprocesses): see tests/helpers/megatron_cpu.py."""
 
 import os
 import sys

@@ -1,4 +1,4 @@
-"""Run by torchrun from tests/test_backend_dist.py (gloo, CPU): `python tests/backend_worker.py MODE OUT.json`.
+"""Run by torchrun from tests/test_backend_dist.py (gloo, CPU): `python tests/helpers/backend_worker.py MODE OUT.json`.
 
 Every mode trains the tiny MoE (or a DeepSpeed-MoE toy) for a few steps on fixed batches and
 rank 0 writes the per-step global mean loss, so the test compares it with a one-process run.
