@@ -59,7 +59,7 @@ def main() -> None:
     import torch
     from omegaconf import OmegaConf
 
-    from launch.cli import CONFIG_DIR
+    from launch import CONFIG_DIR
     from lwm.config import register_configs
     from lwm.models.hf import build_model
     from lwm.tokenizer import train_tokenizer

@@ -10,15 +10,14 @@ parallel layout of the composed config instead of running.
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
 
+from launch import CONFIG_DIR
 from launch.stages import COMMANDS
 from lwm.config import register_configs
 
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "configs")
 USAGE = f"usage: lwm {{{','.join(COMMANDS)}}} [hydra overrides]"
 
 

@@ -28,7 +28,7 @@ def compose(stage: str, overrides: list[str]):
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
-    from launch.cli import CONFIG_DIR
+    from launch import CONFIG_DIR
     from lwm.config import register_configs
     register_configs()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from lwm.models import family
+from lwm.models.family import must_divide
 
 BACKENDS = ("hf", "deepspeed", "megatron")
 
@@ -76,13 +77,6 @@ class ParallelPlan:
         return (f"world {self.world_size} = TP {self.tp} x PP {self.pp} x CP {self.cp} x DP {self.dp}; "
                 f"experts: EP {self.ep} x ETP {self.etp} x expert-DP {self.expert_dp}, "
                 f"{self.num_local_experts} experts per rank; {self.layers_per_stage} layers per stage")
-
-
-def must_divide(errors: list[str], a: int, a_name: str, b: int, b_name: str) -> None:
-    if b <= 0:
-        errors.append(f"{b_name} = {b} must be >= 1")
-    elif a % b:
-        errors.append(f"{a_name} = {a} is not divisible by {b_name} = {b}")
 
 
 def parallel_plan(mcfg, bcfg, world_size: int) -> ParallelPlan:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from launch.cli import CONFIG_DIR
+from launch import CONFIG_DIR
 from lwm.config import register_configs
 from lwm.tracking import RunPaths
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
-from launch.cli import CONFIG_DIR
+from launch import CONFIG_DIR
 from lwm.config import BackendConfig, CptConfig, ModelConfig, register_configs
 from lwm.models.megatron import transformer_config
 from lwm.parallel_config import parallel_plan, world_size_of

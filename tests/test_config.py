@@ -51,8 +51,8 @@ def test_sweep_runs_each_job_in_its_own_dir(tmp_path):
     res = lwm("prepare", "-m", f"prepare.input={TRAJECTORIES}", "data.heldout_fraction=0.1,0.3",
               "data.vocab_size=512", f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
-    manifests = sorted((tmp_path / "sweep").glob("*/prepare/manifest.json"), key=lambda m: int(m.parts[-3]))
-    assert [m.parts[-3] for m in manifests] == ["0", "1"]
+    manifests = sorted((tmp_path / "sweep").glob("*/prepare/manifest.json"))
+    assert [m.parts[-3] for m in manifests] == ["job0", "job1"]
     # each job held out by its own value (job 0: 10%, job 1: 30% of the same 30 trajectories)
     splits = [json.loads(m.read_text())["split"] for m in manifests]
     assert [s["train"] + s["heldout"] for s in splits] == [30, 30]

@@ -27,13 +27,13 @@ from data_pipeline.collect.base import Collector, Environment, ScriptedTask
 from data_pipeline.collect.os_tasks import make_task
 from data_pipeline.sandbox import HOME, RUN_DIR, Sandbox, SandboxError, require_binary
 from lwm.config import SandboxConfig
+from lwm.domains.base import without_reasoning
 from lwm.domains.registered import OsDomain
 
 _SERVER = Path(__file__).with_name("os_server.py")
 SYSTEM_PYTHON = "/usr/bin/python3"     # Debian's, where python3-pyatspi lives
 WAIT, DONE, FAIL = "WAIT", "DONE", "FAIL"   # OSWorld's special actions
 _CODE_BLOCK = re.compile(r"```(?:python|py)?\s*\n(.*?)```", re.S)
-_THINK = re.compile(r"<think>.*?</think>", re.S)
 
 _AGENT_PROMPT = """You control {description}: a {width}x{height} screen showing {app}, with no window manager (windows open at 0,0).
 Each turn you see the accessibility tree: {observation_format}.
@@ -168,7 +168,7 @@ class OsCollector(Collector):
                                     action_format=d.action_format)
 
     def parse_reply(self, reply: str) -> str | None:
-        text = _THINK.sub("", reply or "").strip()
+        text = without_reasoning(reply).strip()
         if text.endswith(DONE) or text.endswith(FAIL):
             return ""
         if text.endswith(WAIT):

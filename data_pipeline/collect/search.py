@@ -31,6 +31,7 @@ import tantivy
 from data_pipeline.collect.base import Collector, Environment, ScriptedTask
 from data_pipeline.collect.search_index import (html_to_text, open_index, plain_text,
                                                  rst_to_markdown)
+from lwm.domains.base import without_reasoning
 from lwm.domains.registered import SearchDomain
 from lwm.domains.tools import extract_tool_call, parse_tool_call
 
@@ -207,7 +208,6 @@ def render_page(doc: dict, timeout_s: float = 30.0) -> str:
     return doc["body"].strip()
 
 
-_THINK = re.compile(r"<think>.*?</think>", re.S)
 
 _AGENT_PROMPT = """You are a research agent with {description}.
 Answer the user's question by searching, reading pages and keeping notes. Each turn, reply with
@@ -233,6 +233,6 @@ class SearchCollector(Collector):
 
     def parse_reply(self, reply: str) -> str | None:
         action = extract_tool_call(reply, TOOL_NAMES)
-        if action is None and re.search(r"^\s*DONE\b", _THINK.sub("", reply or ""), re.M):
+        if action is None and re.search(r"^\s*DONE\b", without_reasoning(reply), re.M):
             return ""
         return action

@@ -4,14 +4,12 @@ keystroke-list actions for LLM agents."""
 from __future__ import annotations
 
 import json
-import re
 
 from data_pipeline.collect.base import ActionError, Collector, ScriptedTask
 from data_pipeline.collect.tasks import make_task
 from data_pipeline.collect.terminal import TerminalEnv
+from lwm.domains.base import json_values
 from lwm.domains.terminal import TerminalDomain, parse_keystrokes
-
-_THINK = re.compile(r"<think>.*?</think>", re.S)
 
 _AGENT_PROMPT = """You are an agent working in a Linux terminal: {description}, {width}x{height}.
 Complete the task by sending keystrokes. Answer every turn with {action_format}
@@ -20,13 +18,7 @@ Reply with exactly one JSON list and nothing else; reply [] when the task is com
 
 def extract_keystrokes(reply: str) -> list[dict] | None:
     """The first JSON array in a model reply that is a keystroke list; None if there is none."""
-    text = _THINK.sub("", reply or "")
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\[", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
+    for value in json_values(reply, "["):
         try:
             return parse_keystrokes(json.dumps(value))
         except ActionError:

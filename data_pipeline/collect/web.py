@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 
 from data_pipeline.collect.base import ActionError, Collector, Environment, ScriptedTask
 from data_pipeline.collect.web_app import TracApp
+from lwm.domains.base import without_reasoning
 from lwm.domains.web import ACTIONS, WebDomain, parse_browser_action
 
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -211,7 +212,6 @@ Each turn you see the page's accessibility tree: one element per line, [bid] rol
 Reply with exactly one action, {action_format}, and nothing else. Other actions: hover('5'),
 press('12', 'Enter'), go_forward(), noop(). Reply DONE when the task is complete."""
 _CALL = re.compile(r"\b(" + "|".join(ACTIONS) + r")\(.*?\)(?=\s*$|\s*\n|`)", re.M | re.S)
-_THINK = re.compile(r"<think>.*?</think>", re.S)
 
 
 class WebCollector(Collector):
@@ -234,7 +234,7 @@ class WebCollector(Collector):
         return _AGENT_PROMPT.format(description=d.description, action_format=d.action_format)
 
     def parse_reply(self, reply: str) -> str | None:
-        text = _THINK.sub("", reply or "")
+        text = without_reasoning(reply)
         for m in _CALL.finditer(text):
             try:
                 parse_browser_action(m.group(0))

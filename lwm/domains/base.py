@@ -29,7 +29,26 @@ ERROR = re.compile(r"(?i)(\berror\b|exception|traceback|invalid|not found|no suc
 
 class ActionError(ValueError):
     """An action that is not well formed in its domain's grammar (the environment cannot run it)."""
+
+
 _THINK = re.compile(r"<think>.*?</think>", re.S)
+
+
+def without_reasoning(reply: str | None) -> str:
+    """A model reply with its <think>...</think> blocks removed."""
+    return _THINK.sub("", reply or "")
+
+
+def json_values(reply: str | None, opener: str):
+    """Every JSON value that starts at an `opener` ("{" or "[") of a model reply outside its
+    reasoning, in order: where agents' actions are looked for."""
+    text = without_reasoning(reply)
+    decoder = json.JSONDecoder()
+    for match in re.finditer(re.escape(opener), text):
+        try:
+            yield decoder.raw_decode(text, match.start())[0]
+        except json.JSONDecodeError:
+            continue
 _TAGGED = re.compile(re.escape(OBS_OPEN) + r"(.*?)(?:" + re.escape(OBS_CLOSE) + r"|\Z)", re.S)
 
 
@@ -39,7 +58,7 @@ def extract_observation(text: str) -> tuple[str, bool]:
     Reasoning (<think>...</think>, or anything before the tag) is never part of the result; the
     last tagged block wins, as in AgentWorldBench's parser; untagged text is the fallback.
     """
-    text = _THINK.sub("", text)
+    text = without_reasoning(text)
     blocks = _TAGGED.findall(text)
     if blocks:
         return blocks[-1].strip("\n"), True

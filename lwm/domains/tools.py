@@ -8,12 +8,10 @@ prepare and the filters ask it whether an action is well formed and which tool i
 from __future__ import annotations
 
 import json
-import re
 
-from lwm.domains.base import ActionError, Domain
+from lwm.domains.base import ActionError, Domain, json_values
 from lwm.schema import Trajectory
 
-_THINK = re.compile(r"<think>.*?</think>", re.S)
 DONE = "done"  # {"name": "done"}: the agent says the task is complete
 
 
@@ -41,13 +39,7 @@ def parse_tool_call(action: str) -> tuple[str, dict]:
 def extract_tool_call(reply: str, tools=None) -> str | None:
     """The first tool call in a model reply (of a tool in `tools`, when given), as compact JSON;
     '' for {"name": "done"}; None when the reply holds neither."""
-    text = _THINK.sub("", reply or "")
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
-            continue
+    for value in json_values(reply, "{"):
         if not isinstance(value, dict) or not isinstance(value.get("name"), str):
             continue
         if value["name"] == DONE:

@@ -45,3 +45,10 @@ class ModelFamily:
     def check_parallel(self, mcfg, m, errors: list[str]) -> None:
         """Append what the family needs of the Megatron layout `m` (backend.megatron) beyond
         the generic checks of lwm.parallel_config.parallel_plan."""
+
+
+def must_divide(errors: list[str], a: int, a_name: str, b: int, b_name: str) -> None:
+    if b <= 0:
+        errors.append(f"{b_name} = {b} must be >= 1")
+    elif a % b:
+        errors.append(f"{a_name} = {a} is not divisible by {b_name} = {b}")

@@ -66,7 +66,7 @@ class Qwen35Moe(Qwen3Moe):
         return self.adapter().Qwen35MoeLayout.from_hf_config(hf_config)
 
     def check_parallel(self, mcfg, m, errors: list[str]) -> None:
-        from lwm.parallel_config import must_divide  # here: lwm.parallel_config imports the registry
+        from lwm.models.family import must_divide
         tp = m.tensor_parallel
         must_divide(errors, mcfg.linear_num_key_heads, "model.linear_num_key_heads", tp,
                     "backend.megatron.tensor_parallel")
