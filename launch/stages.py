@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from launch import identity
+from launch.lock import job_rank, run_lock
 from lwm import domains
 from lwm.tracking import RunPaths
 from lwm.train import preempt
@@ -64,18 +66,24 @@ def setup(cfg: DictConfig) -> RunPaths:
     return RunPaths(Path(cfg.run_dir))
 
 
+def _run_one(name: str, cfg: DictConfig, paths: RunPaths):
+    if job_rank() == 0:
+        identity.check(cfg, name, paths.root)  # refuse, start over, or record, before any work
+    result = _stage_fn(name)(cfg, paths)
+    preempt.requeue_if_preempted(result, cfg.cluster.requeue)
+    return result
+
+
 def run_stage(cfg: DictConfig):
     paths = setup(cfg)
-    if cfg.stage != "run":
-        log.info("stage %s -> %s", cfg.stage, paths.root / cfg.stage)
-        result = _stage_fn(cfg.stage)(cfg, paths)
-        preempt.requeue_if_preempted(result, cfg.cluster.requeue)
-        return result
-    results = {}
-    for name in STAGES:
-        log.info("=== stage %s ===", name)
-        if name == "eval":
-            cfg.eval.compare_stages = True
-        results[name] = _stage_fn(name)(cfg, paths)
-        preempt.requeue_if_preempted(results[name], cfg.cluster.requeue)
-    return results
+    with run_lock(paths.root, cfg.stage):
+        if cfg.stage != "run":
+            log.info("stage %s -> %s", cfg.stage, paths.root / cfg.stage)
+            return _run_one(cfg.stage, cfg, paths)
+        results = {}
+        for name in STAGES:
+            log.info("=== stage %s ===", name)
+            if name == "eval":
+                cfg.eval.compare_stages = True
+            results[name] = _run_one(name, cfg, paths)
+        return results

@@ -113,7 +113,6 @@ def export_hf(cfg, src: Path, dst: Path, vocab: int, tokenizer_dir: Path,
     config.save_pretrained(tmp)
     GenerationConfig.from_model_config(config).save_pretrained(tmp)
     tok.save_pretrained(tmp)
-    (tmp / "complete").touch()
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
 

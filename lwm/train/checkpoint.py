@@ -16,6 +16,7 @@ The torch engine's state, in one of two layouts:
 from __future__ import annotations
 
 import json
+import logging
 import random
 import shutil
 from pathlib import Path
@@ -24,6 +25,8 @@ import numpy as np
 import torch
 
 from lwm.train.dist import barrier, is_main
+
+log = logging.getLogger("lwm.train")
 
 SHARDS = "dcp"  # the DCP folder inside a sharded checkpoint
 MARKER, STATE = "complete", "state.json"
@@ -43,7 +46,8 @@ def commit(path: Path, step: int, meta: dict, keep: int = 2) -> None:
     """Collective, after every rank wrote its state: the step's record, then the marker."""
     barrier()
     if is_main():
-        (path / STATE).write_text(json.dumps({"step": step, **meta}))
+        # every file's size, so that a checkpoint damaged after the fact is not trusted on resume
+        (path / STATE).write_text(json.dumps({"step": step, **meta, "files": _sizes(path)}))
         (path / MARKER).touch()
         _prune(path.parent, path, keep)
     barrier()
@@ -51,6 +55,25 @@ def commit(path: Path, step: int, meta: dict, keep: int = 2) -> None:
 
 def read_state(path: Path) -> dict:
     return json.loads((path / STATE).read_text())
+
+
+def _sizes(path: Path) -> dict[str, int]:
+    return {str(f.relative_to(path)): f.stat().st_size for f in sorted(path.rglob("*"))
+            if f.is_file() and f.name not in (STATE, MARKER)}
+
+
+def damage(path: Path) -> list[str]:
+    """What is wrong with a complete checkpoint's files against its record (empty: intact)."""
+    try:
+        recorded = read_state(path).get("files")
+    except (OSError, ValueError) as e:
+        return [f"{path / STATE} unreadable ({e})"]
+    if recorded is None:
+        return []
+    now = _sizes(path)
+    return ([f"{path / name} is missing" for name in recorded if name not in now] +
+            [f"{path / name} has {now[name]} bytes, {size} were written" for name, size in recorded.items()
+             if name in now and now[name] != size])
 
 
 def write_full(path: Path, model, tok, optimizer) -> None:
@@ -105,11 +128,23 @@ def resolve_resume(resume: str, ckpt_dir: Path) -> Path | None:
     if resume == "never":
         return None
     if resume == "auto":
-        return latest(ckpt_dir)
+        # the newest intact one: a checkpoint damaged after it was written falls back to the one before
+        for path in reversed(complete(ckpt_dir)):
+            problems = damage(path)
+            if not problems:
+                return path
+            log.warning("resume: skipping damaged checkpoint %s: %s", path, "; ".join(problems[:3]))
+        if complete(ckpt_dir):
+            raise RuntimeError(f"resume: every checkpoint in {ckpt_dir} is damaged (see the warnings above); "
+                               "start the stage over with <stage>.resume=never")
+        return None
     path = Path(resume)
     if not (path / MARKER).exists():
         raise FileNotFoundError(f"resume={resume}: {path} is not a complete checkpoint (no '{MARKER}' "
                                 f"marker); pass a step_N folder of <run>/<stage>/checkpoints, auto or never")
+    problems = damage(path)
+    if problems:
+        raise RuntimeError(f"resume={resume}: the checkpoint is damaged: {'; '.join(problems[:3])}")
     return path
 
 

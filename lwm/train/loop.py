@@ -13,10 +13,14 @@ optimizer step over a step's micro-batches, and writes and reads its own checkpo
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -53,17 +57,57 @@ def heldout_loss(engine, batches, batch_size: int) -> float | None:
     return float(np.mean([engine.eval_loss(*batches.batch(k, batch_size)) for k in range(n)]))
 
 
+def _finished(out: Path, final: Path, tcfg, stage: str) -> dict | None:
+    """The metrics of a finished stage, when it trained as far as asked; None when it is to train
+    (on): a larger max_steps continues from the last checkpoint, which is always the last step."""
+    if tcfg.resume == "never" or not (final / checkpoint.MARKER).exists():
+        return None
+    done = Tracker.load(out)
+    if done.get("steps") == tcfg.max_steps:
+        log.info("%s: %s is already trained (%d steps)", stage, final, done["steps"])
+        return done
+    if done.get("steps", 0) > tcfg.max_steps:
+        raise RuntimeError(f"{stage}: {final} was trained for {done['steps']} steps, more than "
+                           f"{stage}.max_steps={tcfg.max_steps}; {stage}.resume=never trains it again from the start")
+    log.info("%s: %s has %s steps; training on to %d", stage, final, done.get("steps"), tcfg.max_steps)
+    return None
+
+
+def _disk_full(path: Path, err: Exception) -> bool:
+    if isinstance(err, OSError) and err.errno == errno.ENOSPC:
+        return True
+    try:
+        return shutil.disk_usage(path if path.exists() else path.parent).free < 16 * 2**20
+    except OSError:
+        return False
+
+
+@contextmanager
+def _writing(path: Path, what: str):
+    """Writes that fail on a full disk say so, with the path (a checkpoint writer's own message
+    may name neither), and leave no partial folder behind to hold the space."""
+    try:
+        yield
+    except (OSError, RuntimeError) as err:
+        if not _disk_full(path, err):
+            raise
+        if dist.is_main():
+            shutil.rmtree(path, ignore_errors=True)
+        raise OSError(errno.ENOSPC, f"no space left on device writing {what} {path} ({err}); free space "
+                      "there, or move the run to another file system (hydra.run.dir=...)") from err
+
+
 def run(cfg, paths: RunPaths, job: Job) -> dict:
     tcfg, stage = job.tcfg, job.stage
     out, final = paths.stage(stage), paths.model(stage)
-    if (final / checkpoint.MARKER).exists() and tcfg.resume != "never":
-        log.info("%s: %s is already trained", stage, final)
-        return Tracker.load(out)
+    done = _finished(out, final, tcfg, stage)
+    if done is not None:
+        return done
     preempt.install()
     engine = get_engine(cfg.backend.name)(cfg, job, paths)
     ckpt_dir = out / "checkpoints"
     resume_from = checkpoint.resolve_resume(tcfg.resume, ckpt_dir)
-    step, resumed = 0, None
+    step, resumed = 0, {}
     if resume_from is not None:
         resumed = checkpoint.read_state(resume_from)
         engine.check_resume(resumed, resume_from)
@@ -75,8 +119,10 @@ def run(cfg, paths: RunPaths, job: Job) -> dict:
     main = dist.is_main()
     optim = spec(tcfg)
     tracker = Tracker(cfg, stage, out) if main else None
-    before = heldout_loss(engine, job.heldout, tcfg.batch_size)
-    tokens, t0, losses = 0, time.time(), []
+    # The whole run's statistics: carried in every checkpoint, so a resumed run reports them all.
+    stats = resumed.get("stats") or {"heldout_loss_before": heldout_loss(engine, job.heldout, tcfg.batch_size),
+                                     "train_loss_first": None, "recent_losses": [], "tokens": 0, "train_s": 0.0}
+    t0, segment_tokens = time.time(), 0
     bar = tqdm(total=tcfg.max_steps, initial=step, desc=f"{stage} ({engine.name})", unit="step", disable=not main)
     while step < tcfg.max_steps:
         micro = [rank_batch(job.train, step, k, tcfg.grad_accum, engine.dp_rank, engine.dp, tcfg.batch_size)
@@ -84,38 +130,47 @@ def run(cfg, paths: RunPaths, job: Job) -> dict:
         lr = optim.lr_at(step)
         loss, grad_norm = engine.step(micro, lr)
         step += 1
-        tokens += sum(ids.numel() for ids, _ in micro) * engine.dp
-        losses.append(loss)
+        segment_tokens += sum(ids.numel() for ids, _ in micro) * engine.dp
+        if stats["train_loss_first"] is None:
+            stats["train_loss_first"] = loss
+        stats["recent_losses"] = (stats["recent_losses"] + [loss])[-5:]
         bar.update(1)
         bar.set_postfix(loss=f"{loss:.3f}")
         if tracker and (step % tcfg.log_every == 0 or step == tcfg.max_steps):
             tracker.log({"loss": loss, "lr": lr, "grad_norm": grad_norm,
-                         "tokens_per_s": tokens / (time.time() - t0)}, step=step)
+                         "tokens_per_s": segment_tokens / (time.time() - t0)}, step=step)
         preempted = preempt.requested() and step < tcfg.max_steps
         if step % tcfg.save_every == 0 or step == tcfg.max_steps or preempted:
+            saved = {**stats, "tokens": stats["tokens"] + segment_tokens,
+                     "train_s": stats["train_s"] + time.time() - t0}
             path = checkpoint.begin(ckpt_dir, step)
-            engine.save(path)
-            checkpoint.commit(path, step, {"layout": engine.describe(), **engine.meta()})
+            with _writing(path, "the checkpoint"):
+                engine.save(path)
+                checkpoint.commit(path, step, {"layout": engine.describe(), **engine.meta(), "stats": saved})
         if preempted:
             # Slurm is about to stop the job: the requeued job resumes from this checkpoint.
             log.info("%s: preempted at step %d, checkpoint saved", stage, step)
             bar.close()
             return {"steps": step, "preempted": True}
     bar.close()
+    stats["tokens"] += segment_tokens
+    stats["train_s"] += time.time() - t0
     after = heldout_loss(engine, job.heldout, tcfg.batch_size)
     last = checkpoint.latest(ckpt_dir)
-    engine.export(final, last)
-    if main:
+    with _writing(final, "the final model"):
+        engine.export(final, last)
+    dist.barrier()
+    result = {"steps": step, "rank": dist.rank()}
+    if tracker is not None:
+        # metrics before the marker: a finished stage always has both
+        result = tracker.finish({
+            **job.extra, **engine.meta(), "backend": engine.name, "layout": engine.describe(),
+            "data_parallel": engine.dp, "steps": step, "resumed_from": str(resume_from) if resume_from else None,
+            "warmup_steps": optim.warmup_steps, "train_loss_first": stats["train_loss_first"],
+            "train_loss_last": float(np.mean(stats["recent_losses"])) if stats["recent_losses"] else None,
+            "heldout_loss_before": stats["heldout_loss_before"], "heldout_loss_after": after,
+            "tokens": stats["tokens"], "tokens_per_s": stats["tokens"] / max(stats["train_s"], 1e-9),
+            "checkpoint": str(final), "last_checkpoint": str(last) if last else None})
         (final / checkpoint.MARKER).touch()
     dist.barrier()
-    if tracker is None:
-        return {"steps": step, "rank": dist.rank()}
-    return tracker.finish({
-        **job.extra, **engine.meta(), "backend": engine.name, "layout": engine.describe(), "data_parallel": engine.dp,
-        "steps": step, "resumed_from": str(resume_from) if resume_from else None,
-        "warmup_steps": optim.warmup_steps,
-        "train_loss_first": losses[0] if losses else None,
-        "train_loss_last": float(np.mean(losses[-5:])) if losses else None,
-        "heldout_loss_before": before, "heldout_loss_after": after,
-        "tokens_per_s": tokens / max(time.time() - t0, 1e-9),
-        "checkpoint": str(final), "last_checkpoint": str(last) if last else None})
+    return result

@@ -55,13 +55,24 @@ class Engine:
 
 def start_checkpoint(cfg, job, paths) -> Path:
     """The HF checkpoint a job starts from: its own, or a fresh model built from config (seeded by
-    cfg.seed) and saved as the run's 'init' stage, so eval can score the untrained model. Rank 0
+    cfg.seed) and saved as the run's 'init' stage, so eval can score the untrained model. The fresh
+    model is rebuilt when the model config, seed or tokenizer changed (recorded beside it). Rank 0
     writes it; every rank reads it."""
     if job.init:
         return Path(job.init)
+    import json
+
+    from omegaconf import OmegaConf
+
+    from lwm.identity import digest
     from lwm.train import dist
     init = paths.model("init")
-    if dist.is_main() and not (init / "model.safetensors").exists():
+    made_by = digest({"model": OmegaConf.to_container(cfg.model, resolve=True), "seed": cfg.seed,
+                      "tokenizer": job.tok.name_or_path, "vocab": len(job.tok)})
+    record = init / "made_by.json"
+    current = (init / "model.safetensors").exists() and record.exists() and \
+        json.loads(record.read_text()).get("digest") == made_by
+    if dist.is_main() and not current:
         import torch
 
         from lwm.models.hf import build_model
@@ -69,5 +80,6 @@ def start_checkpoint(cfg, job, paths) -> Path:
         model = build_model(cfg.model, len(job.tok), job.tok)
         model.save_pretrained(init, safe_serialization=True)
         job.tok.save_pretrained(init)
+        record.write_text(json.dumps({"digest": made_by}))
     dist.barrier()
     return init
