@@ -151,6 +151,17 @@ def check(cfg, stage: str, root: Path) -> None:
         how = f"{stage}.resume=never starts it over" if stage in STARTS_FROM else f"remove {out} to start it over"
         raise IdentityMismatch(f"{stage}: {out} holds outputs with no record of what made them ({record} is "
                                f"missing); {how}, or use another run_name=.")
+    if not start_over and _finished(out, cfg, stage):
+        return  # skipped as finished: the record keeps the values it trained with
     out.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps(now, indent=1, sort_keys=True, default=str))
     OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+
+
+def _finished(out: Path, cfg, stage: str) -> bool:
+    if stage not in STARTS_FROM or not (out / "final" / "complete").exists():
+        return False
+    try:
+        return json.loads((out / "metrics.json").read_text()).get("steps") == cfg[stage].max_steps
+    except (OSError, ValueError):
+        return False

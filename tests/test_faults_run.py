@@ -68,7 +68,8 @@ def test_changed_settings_are_refused_by_name_then_started_over(whole, tmp_path)
 def test_more_steps_train_on_from_the_last_checkpoint(whole, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(whole, run)
-    assert cpt(run)["steps"] == 4                           # finished: kept as it is
+    assert cpt(run, "cpt.log_every=2")["steps"] == 4       # finished: kept as it is, and so is its record
+    assert json.loads((run / "cpt" / "identity.json").read_text())["may_change"]["cpt.log_every"] == 1
     metrics = cpt(run, "cpt.max_steps=6")
     assert metrics["steps"] == 6 and metrics["resumed_from"].endswith("step_0000004")
     with pytest.raises(RuntimeError, match="trained for 6 steps, more than cpt.max_steps=4"):
