@@ -1,5 +1,5 @@
 """backend=megatron on CPU over gloo: megatron-core's own model, DDP, distributed optimizer,
-schedule and dist_checkpointing, with only its CUDA-only spots patched (tests/helpers/megatron_cpu.py,
+schedule and dist_checkpointing, with only its CUDA-only spots patched (lwm/models/megatron_cpu.py,
 loaded into every process through tests/helpers/megatron_site).
 
 - the Megatron model computes the HF model's logits from converted weights;

@@ -191,3 +191,26 @@ def test_qwen3_5_command_line_round_trip_same_logits(q35_state, tmp_path):
     ids = torch.randint(0, 512, (1, 20), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, back(ids).logits)
+
+
+def test_megatron_checkpoint_conversion_runs_on_a_cpu_machine(prepared_run, sft_init, tmp_path):
+    """`python -m lwm.models.megatron_ckpt import|export` from the command line, with no GPU and
+    without the tests' Megatron site: HF -> dist checkpoint -> HF, bit for bit."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from tests.conftest import make_cfg
+    root = Path(__file__).resolve().parent.parent
+    conf = tmp_path / "run.yaml"
+    OmegaConf.save(make_cfg(prepared_run, "backend=megatron", "backend.dtype=float32"), conf, resolve=True)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(root)}
+    for direction, src, dst in (("import", sft_init, tmp_path / "mcore"), ("export", tmp_path / "mcore", tmp_path / "back")):
+        res = subprocess.run([sys.executable, "-m", "lwm.models.megatron_ckpt", direction, str(conf), str(src), str(dst)],
+                             cwd=root, env=env, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+    start, back = load_file(sft_init / "model.safetensors"), load_file(tmp_path / "back" / "model.safetensors")
+    assert start.keys() == back.keys() and all(torch.equal(start[k], back[k]) for k in start)

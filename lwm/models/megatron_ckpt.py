@@ -10,7 +10,8 @@ The one-rank model uses Megatron's torch-only layer spec; its checkpoint keys ar
 Transformer Engine layers use, so GPU runs with TE load and write the same checkpoints.
 
 Run by rank 0 of a training job as its own process (`python -m lwm.models.megatron_ckpt
-import|export CONFIG.yaml SRC DST`), so the job's parallel state is left alone.
+import|export CONFIG.yaml SRC DST`), so the job's parallel state is left alone. It needs neither
+a GPU nor Transformer Engine: on a machine without CUDA it runs on the CPU.
 """
 
 from __future__ import annotations
@@ -147,6 +148,9 @@ def main(argv=None) -> None:
     ap.add_argument("dst", type=Path)
     ap.add_argument("--tokenizer", default="", help="tokenizer saved with an export (default: the run's)")
     a = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        from lwm.models import megatron_cpu  # Megatron's CUDA-only calls, mapped onto the CPU
+        megatron_cpu.enable()
     cfg = OmegaConf.load(a.config)
     paths = RunPaths(Path(cfg.run_dir))
     tok_dir = Path(a.tokenizer or cfg.data.tokenizer or paths.prepared / "tokenizer")

@@ -7,7 +7,7 @@ data-parallel size), and the last one is exported back to HF for the later stage
 whatever the stage hands the loop: packed CPT rows, or SFT samples one per row, right-padded.
 
 Runs on GPUs; the tests run it on CPU over gloo with Megatron's CUDA-only spots patched
-(tests/helpers/megatron_cpu.py sets CPU_ENV).
+(lwm/models/megatron_cpu.py, enabled for training by tests/helpers/megatron_site, sets CPU_ENV).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from lwm.train.optim import OptimSpec, spec
 
 log = logging.getLogger("lwm.megatron")
 
-CPU_ENV = "LWM_MEGATRON_ON_CPU"  # tests only: set by tests/helpers/megatron_cpu.py once Megatron is patched for CPU
+CPU_ENV = "LWM_MEGATRON_ON_CPU"  # tests only: set by lwm.models.megatron_cpu.enable(training=True)
 # dp_reshardable: the distributed optimizer's shards re-split over another DP size on load
 OPT_META = {"distrib_optim_sharding_type": "dp_reshardable"}
 
@@ -114,7 +114,7 @@ class MegatronEngine(Engine):
         super().__init__(cfg, job, paths)
         from megatron.core import parallel_state as ps
         if not torch.cuda.is_available() and not os.environ.get(CPU_ENV):
-            raise RuntimeError("backend=megatron trains on GPUs (tests/helpers/megatron_cpu.py patches Megatron to run "
+            raise RuntimeError("backend=megatron trains on GPUs (the tests patch Megatron to run "
                                "its model and optimizer on CPU for the tests)")
         rank, world = pdist.init(always=True)
         self.plan = parallel_plan(cfg.model, cfg.backend, world)

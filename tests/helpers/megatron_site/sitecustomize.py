@@ -1,10 +1,6 @@
 """Put this folder on PYTHONPATH to run Megatron on CPU in every process of a test (torchrun
-workers, the checkpoint import/export subprocesses): see tests/helpers/megatron_cpu.py."""
+workers, the checkpoint import/export subprocesses): see lwm/models/megatron_cpu.py."""
 
-import os
-import sys
+from lwm.models import megatron_cpu
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-import megatron_cpu  # noqa: E402
-
-megatron_cpu.enable()
+megatron_cpu.enable(training=True)

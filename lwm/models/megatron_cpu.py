@@ -1,4 +1,5 @@
-"""Run megatron-core's model and optimizer on CPU over gloo, for tests only.
+"""Run megatron-core on the CPU: the one-rank HF <-> Megatron conversion on a machine without a
+GPU (lwm.models.megatron_ckpt), and megatron-core's model and optimizer over gloo in the tests.
 
 Megatron assumes CUDA in a few dozen places that do no GPU work of their own: tensors created
 with device='cuda' or torch.cuda.current_device(), `.cuda()` moves, `tensor.type()` checks
@@ -15,7 +16,8 @@ behind its RNG tracker. Rather than patching each call site (which moves with ev
 - Gated DeltaNet needs flash-linear-attention's Triton kernels (GPU only): its l2norm and causal
   conv become torch code and its chunked delta rule Megatron's own torch implementation.
 The arithmetic is Megatron's own, so losses here are the losses a GPU run computes up to
-floating-point order. A production run never imports this module.
+floating-point order. Nothing imports this module where CUDA is available; training on the CPU
+is for the tests only (`enable(training=True)`, which tells the Megatron engine it may).
 """
 
 from __future__ import annotations
@@ -107,14 +109,15 @@ class _NoStream:
         pass
 
 
-def enable() -> None:
+def enable(training: bool = False) -> None:
     """Patch once per process (idempotent); call before building Megatron models."""
     global _enabled
+    if training:
+        import os
+        os.environ["LWM_MEGATRON_ON_CPU"] = "1"  # lwm.train.engines.megatron.CPU_ENV: the loop may run on CPU
     if _enabled:
         return
     _enabled = True
-    import os
-    os.environ["LWM_MEGATRON_ON_CPU"] = "1"  # lwm.train.engines.megatron.CPU_ENV: the loop may run on CPU
     import megatron.core.tensor_parallel.random as mrandom
     import megatron.core.transformer.moe.moe_utils as moe_utils
     cuda = torch.cuda
