@@ -7,17 +7,22 @@
 
 Every box is a datatrove executor; datatrove marks each task complete when it finishes, so a
 killed prepare, rerun, redoes only the unfinished tasks, and every task's output depends only
-on its input, so the result is byte-identical to an uninterrupted run. Tasks stream records:
-peak memory depends on the task, not on the corpus. `prepare.executor=slurm` renders the same
-pipelines as Slurm job arrays (datatrove's SlurmPipelineExecutor).
+on its input, so the result is byte-identical to an uninterrupted run. Which records survive
+does not depend on the number of tasks either: of each cluster of duplicates, dedup keeps the
+record that comes first in the input. Tasks stream records: peak memory depends on the task,
+not on the corpus. `prepare.executor=slurm` renders the same pipelines as Slurm job arrays
+(datatrove's SlurmPipelineExecutor).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import struct
 from collections import Counter
 from pathlib import Path
+
+import numpy as np
 
 from datatrove.data import Document
 from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
@@ -27,6 +32,7 @@ from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets
                                               MinhashDedupSignature)
 from datatrove.pipeline.readers import JsonlReader
 from datatrove.pipeline.writers import JsonlWriter
+from datatrove.utils.binaryio import read_tuples_from_file
 from datatrove.utils.text import TextNormConfig
 from datatrove.utils.word_tokenizers import WordTokenizer
 
@@ -124,7 +130,7 @@ class ReadAndCurate(PipelineStep):
                         if traj.domain not in domains:
                             domains[traj.domain] = get_domain(traj.domain)
                         doc = self._curate(traj, domains[traj.domain], decontam, counts)
-                        if doc is not None:
+                        if doc is not None:  # its place in the input, in any task layout
                             doc.metadata["order"] = index
                             yield doc
         counts = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in counts.items()}
@@ -182,6 +188,62 @@ class Executors:
         return ex
 
 
+class OrderedSignature(MinhashDedupSignature):
+    """MinHash signatures, and beside them (orders/<rank>.npy) each document's place in the
+    input, by the index the signatures name it with (the task's document count)."""
+
+    def run(self, data, rank: int = 0, world_size: int = 1):
+        orders = []
+
+        def recorded():
+            for doc in data:
+                orders.append(doc.metadata["order"])
+                yield doc
+        super().run(recorded(), rank, world_size)
+        path = Path(self.output_folder.path) / "orders" / f"{rank:05d}.npy"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, np.array(orders, dtype=np.int64))
+
+
+class FirstInInputCluster(MinhashDedupCluster):
+    """Clusters of duplicates, as datatrove's step finds them (connected by shared LSH buckets),
+    but each keeps its first record in input order. Datatrove keeps a member chosen by the
+    (task, index) pairs and the merge order, so another task count kept another record, and
+    with it moved the split and the tokenizer's sample."""
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        signatures = Path(self.input_folder.path).parent / "signatures" / "orders"
+        orders: dict[int, np.ndarray] = {}
+
+        def order(node):
+            task, doc = node
+            if task not in orders:
+                orders[task] = np.load(signatures / f"{task:05d}.npy", mmap_mode="r")
+            return int(orders[task][doc])
+
+        parent: dict = {}
+
+        def root(x):
+            while parent.setdefault(x, x) != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+        with self.track_time():
+            for dup_file in self.input_folder.list_files(glob_pattern="*.dups"):
+                with self.input_folder.open(dup_file, "rb") as f:
+                    for t1, d1, t2, d2 in read_tuples_from_file(f, "4I"):
+                        a, b = root((t1, d1)), root((t2, d2))
+                        if a != b:  # the root is the member first in the input
+                            a, b = (a, b) if order(a) < order(b) else (b, a)
+                            parent[b] = a
+            with self.output_folder.get_output_file_manager(mode="wb") as out:
+                for node in sorted(parent):
+                    self.stat_update("duplicates")
+                    if root(node) != node:
+                        out.write(f"{node[0]:06d}.remove", struct.pack("<I", node[1]))
+                        self.stat_update("to_remove")
+
+
 def curate_and_dedup(inputs: list[Path], work: Path, data: DataConfig, prepare: PrepareConfig,
                      tasks: int, executors: Executors):
     """Builds the executors up to the deduplicated documents in work/deduped; returns the last."""
@@ -192,13 +254,13 @@ def curate_and_dedup(inputs: list[Path], work: Path, data: DataConfig, prepare: 
     ], tasks)
     if not prepare.dedup:
         return curate, work / "curated"
-    executors("minhash_signatures", [reader(), MinhashDedupSignature(
+    executors("minhash_signatures", [reader(), OrderedSignature(
         output_folder=str(work / "minhash" / "signatures"), config=MINHASH,
         language=WhitespaceWords())], tasks)
     executors("minhash_buckets", [MinhashDedupBuckets(
         input_folder=str(work / "minhash" / "signatures"),
         output_folder=str(work / "minhash" / "buckets"), config=MINHASH)], MINHASH.num_buckets)
-    executors("minhash_cluster", [MinhashDedupCluster(
+    executors("minhash_cluster", [FirstInInputCluster(
         input_folder=str(work / "minhash" / "buckets"),
         output_folder=str(work / "minhash" / "remove_ids"), config=MINHASH)], 1)
     last = executors("minhash_filter", [

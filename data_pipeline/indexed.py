@@ -20,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from megatron.core.datasets.indexed_dataset import _INDEX_HEADER as HEADER
 from megatron.core.datasets.indexed_dataset import DType
 
-_PREFIX = len(HEADER) + 8 + 1 + 8 + 8  # header, version, dtype code, the two counts
+from lwm.train.data import INDEX_HEADER as HEADER
+from lwm.train.data import INDEX_PREFIX as _PREFIX
+from lwm.train.data import index_header
 CHUNK = 1 << 20  # entries per write: 8 MiB of int64
 
 
@@ -36,19 +37,7 @@ class IndexPart:
 
     @classmethod
     def read(cls, prefix: Path) -> "IndexPart":
-        idx = Path(f"{prefix}.idx")
-        with open(idx, "rb") as f:
-            head = f.read(_PREFIX)
-        if len(head) < _PREFIX or head[:len(HEADER)] != HEADER:
-            raise ValueError(f"{idx}: not a Megatron indexed-dataset index (header)")
-        version, code, sequences, documents = struct.unpack("<QBQQ", head[len(HEADER):])
-        if version != 1:
-            raise ValueError(f"{idx}: index version {version}, only version 1 is supported")
-        expected = _PREFIX + 4 * sequences + 8 * sequences + 8 * documents
-        if idx.stat().st_size != expected:
-            raise ValueError(f"{idx}: {idx.stat().st_size} bytes, expected {expected} for "
-                             f"{sequences} sequences and {documents} documents (multimodal or truncated)")
-        return cls(Path(prefix), code, sequences, documents)
+        return cls(Path(prefix), *index_header(Path(f"{prefix}.idx")))
 
     def array(self, which: str) -> np.ndarray:
         """One of the index's arrays, memory-mapped: 'lengths' or 'documents' (the byte pointers

@@ -2,20 +2,25 @@
 
 validate -> quarantine bad records (with the reason) -> redact secrets -> the recipe's filters
 -> decontaminate against eval sets -> MinHash dedup (exact and near) -> split train/held-out by
-trajectory -> tokenizer (trained on a sample of the train split unless given) -> CPT shards
-(Megatron .bin/.idx, packed, with a loss mask by turn type) -> SFT samples and RL prompts
-(parquet shards) -> eval sets (AgentWorldBench JSONL) -> manifest.
-Counts reconcile: in = kept + quarantined + filtered.
+trajectory -> tokenizer (data.tokenizer; else the starting checkpoint's, cpt.init or model.path;
+else trained on the first trajectories of the train split) -> CPT shards (Megatron .bin/.idx,
+packed, with a loss mask by turn type) -> SFT samples and RL prompts (parquet shards) -> eval
+sets (AgentWorldBench JSONL) -> manifest (counts, the tokenizer's fingerprint, and every
+published file's size and content hash, which readers and the up-to-date check verify).
+Counts reconcile: in = kept + quarantined + filtered. Which records are kept, the split and the
+tokenizer do not depend on `prepare.tasks`.
 
 The per-record work runs as datatrove pipelines (data_pipeline/engine.py) in `prepare.tasks`
 tasks; this driver only trains the tokenizer and merges the tasks' outputs in task order.
 Outputs go to a work folder and are published atomically; a killed prepare resumes its
-unfinished tasks, and a finished prepare with the same inputs and settings is not redone.
+unfinished tasks (its worker processes die with it), and a finished prepare with the same
+inputs, settings and tokenizer is not redone unless its outputs differ from its manifest.
 """
 
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import logging
 import os
@@ -31,14 +36,16 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader
 from omegaconf import DictConfig, OmegaConf
 
+from data_pipeline import lifeline
 from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
 from data_pipeline.engine import Executors, curate_and_dedup, write_json
 from lwm import render
 from lwm.config import DataConfig, PrepareConfig
 from lwm.domains import get_domain, register_extra
+from lwm.identity import tokenizer_fingerprint
 from lwm.schema import Trajectory
 from lwm.tokenizer import load_tokenizer, train_tokenizer
-from lwm.tracking import RunPaths, Tracker
+from lwm.tracking import RunPaths, Tracker, file_record, verify_files
 
 log = logging.getLogger("lwm.prepare")
 
@@ -54,7 +61,31 @@ def _inputs(cfg: DictConfig, paths: RunPaths) -> list[Path]:
     return [p.resolve() for p in inputs]
 
 
-def _fingerprint(cfg: DictConfig, inputs: list[Path]) -> str:
+# The files of a tokenizer in a checkpoint folder, copied verbatim (so its fingerprint agrees).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "chat_template.jinja", "added_tokens.json", "vocab.json", "merges.txt",
+                   "tokenizer.model")
+
+
+def tokenizer_choice(cfg: DictConfig) -> tuple[str, str]:
+    """The tokenizer prepare uses, as (folder, how the manifest names it): data.tokenizer when
+    set; else the starting checkpoint's (cpt.init, else model.path), so CPT continues on ids of
+    the vocabulary it was trained with; else ("", ...): one is trained on the train split."""
+    if cfg.data.tokenizer:
+        return str(cfg.data.tokenizer), str(cfg.data.tokenizer)
+    for key in ("cpt.init", "model.path"):
+        start = OmegaConf.select(cfg, key, default="")
+        if start:
+            if not (Path(start) / "tokenizer.json").is_file():
+                raise FileNotFoundError(
+                    f"prepare: the starting checkpoint {start} ({key}) has no tokenizer.json, and "
+                    "its data must be tokenized with its tokenizer: set data.tokenizer= to the "
+                    "tokenizer it was trained with")
+            return str(Path(start).resolve()), f"the starting checkpoint {start} ({key})"
+    return "", "trained on the train split"
+
+
+def _fingerprint(cfg: DictConfig, inputs: list[Path], tokenizer: str) -> str:
     h = hashlib.sha256()
     for p in inputs:
         st = p.stat()
@@ -62,6 +93,8 @@ def _fingerprint(cfg: DictConfig, inputs: list[Path]) -> str:
     for part in (cfg.data, cfg.prepare):
         h.update(json.dumps(OmegaConf.to_container(part, resolve=True), sort_keys=True).encode())
     h.update(str(cfg.seed).encode())
+    # The tokenizer by content: another starting checkpoint, or a tokenizer rewritten in place.
+    h.update(f"tokenizer:{tokenizer_fingerprint(tokenizer) if tokenizer else 'trained'}".encode())
     return h.hexdigest()[:16]
 
 
@@ -283,9 +316,18 @@ def _docs(folder: Path):
         sorted(p.name for p in folder.glob("*.jsonl.gz")))
 
 
+def _docs_in_input_order(folder: Path):
+    """Stream documents of a datatrove JSONL folder in input order: each task's file holds its
+    records in input order (`order`), so merging the files gives the same sequence in any task
+    layout, where file order interleaves the input by task."""
+    reader = JsonlReader(str(folder), glob_pattern="*.jsonl.gz")
+    files = sorted(p.name for p in folder.glob("*.jsonl.gz"))
+    yield from heapq.merge(*(reader.read_file(f) for f in files), key=lambda d: d.metadata["order"])
+
+
 class TrainTokenizer(PipelineStep):
-    """One task: a byte-level BPE trained on (a bounded sample of) the train split, unless the
-    config names a tokenizer."""
+    """One task: a byte-level BPE trained on the first `sample` trajectories of the train split
+    in input order (the same ones in any task layout)."""
 
     name = "tokenizer"
     type = "lwm"
@@ -298,11 +340,13 @@ class TrainTokenizer(PipelineStep):
         register_extra(self.data.extra_domains)
 
         def texts():
-            for n, doc in enumerate(_docs(Path(self.docs_dir))):
+            n = 0
+            for doc in _docs_in_input_order(Path(self.docs_dir)):
                 if n >= self.sample:
                     return
                 traj = Trajectory.from_dict(doc.metadata["record"])
                 if not is_heldout(traj.id, self.data.heldout_fraction, self.seed):
+                    n += 1
                     yield render.cpt_document(get_domain(traj.domain), traj)
         train_tokenizer(texts(), self.data.vocab_size, self.out)
         return
@@ -357,7 +401,7 @@ def _add(counters: list[dict]) -> dict:
 
 
 def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_source, tok,
-                data: DataConfig, prepare: PrepareConfig) -> dict:
+                tokenizer_dir: Path, data: DataConfig, prepare: PrepareConfig) -> dict:
     curate, rendered = _sum_stats(work, "curate"), _sum_stats(work, "render")
     n_in = sum(c["in"] for c in curate)
     quarantined = _add([c["quarantined"] for c in curate])
@@ -391,7 +435,8 @@ def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_sourc
         "domains": _add([r["domains"] for r in rendered]),
         "mixture": {"weights": dict(data.mixture),
                     "train_copies": _add([r["copies"] for r in rendered])},
-        "tokenizer": {"source": tokenizer_source, "vocab_size": len(tok)},
+        "tokenizer": {"source": tokenizer_source, "vocab_size": len(tok),
+                      "fingerprint": tokenizer_fingerprint(tokenizer_dir)},
         "cpt": cpt,
         "sft": {"samples": n_sft, "token_stats_over": n_stats,
                 "prompt_tokens_mean": sum(r["prompt_tokens_sum"] for r in rendered) / max(n_stats, 1),
@@ -401,6 +446,9 @@ def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_sourc
         "rl": {"prompts": sum(r["rl"] for r in rendered)},
         "eval": eval_counts,
         "executor": prepare.executor,
+        # Every published file: what RunPaths.shards, the CPT reader and the up-to-date check verify.
+        "files": {p.relative_to(out).as_posix(): file_record(p)
+                  for p in sorted(out.rglob("*")) if p.is_file() and p != out / "manifest.json"},
     }
     r = manifest["records"]
     if r["in"] != r["kept"] + r["quarantined"] + r["filtered"]:
@@ -428,10 +476,18 @@ class Publish(PipelineStep):
         staging.mkdir(parents=True)
         _merge(work, staging)
         tok = load_tokenizer(self.tokenizer)
-        if not self.data.tokenizer:
-            shutil.copytree(self.tokenizer, staging / "tokenizer")
+        tokenizer_dir = Path(self.tokenizer)
+        if not self.data.tokenizer:  # later stages read prepare/tokenizer
+            tokenizer_dir = staging / "tokenizer"
+            if Path(self.tokenizer) == work / "tokenizer":  # trained here
+                shutil.copytree(self.tokenizer, tokenizer_dir)
+            else:  # a starting checkpoint's: its tokenizer files, not its weights
+                tokenizer_dir.mkdir()
+                for name in TOKENIZER_FILES:
+                    if (Path(self.tokenizer) / name).is_file():
+                        shutil.copyfile(Path(self.tokenizer) / name, tokenizer_dir / name)
         manifest = manifest_of(work, staging, self.fingerprint, self.inputs, self.tokenizer_source,
-                               tok, self.data, self.prepare)
+                               tok, tokenizer_dir, self.data, self.prepare)
         (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
         shutil.rmtree(out, ignore_errors=True)
         os.replace(staging, out)
@@ -455,7 +511,7 @@ def typed(node, schema: type):
 
 
 def pipeline(data: DataConfig, prep: PrepareConfig, seed: int, paths: RunPaths, inputs: list[Path],
-             fingerprint: str):
+             fingerprint: str, tokenizer: str, source: str):
     """The whole prepare as a chain of datatrove executors; running the last runs them all."""
     # The work folder is keyed by the fingerprint: a rerun with the same inputs and settings
     # resumes its unfinished tasks; different settings start clean.
@@ -463,10 +519,8 @@ def pipeline(data: DataConfig, prep: PrepareConfig, seed: int, paths: RunPaths, 
     tasks = prep.tasks or auto_tasks(inputs)
     executors = Executors(prep.executor, work, min(prep.workers, tasks), prep.slurm)
     _, docs_dir = curate_and_dedup(inputs, work, data, prep, tasks, executors)
-    if data.tokenizer:
-        tokenizer, source = data.tokenizer, data.tokenizer
-    else:
-        tokenizer, source = str(work / "tokenizer"), "trained on the train split"
+    if not tokenizer:
+        tokenizer = str(work / "tokenizer")
         executors("tokenizer", [TrainTokenizer(str(docs_dir), tokenizer, data,
                                                prep.tokenizer_sample, seed)], 1)
     executors("render", [JsonlReader(str(docs_dir), glob_pattern="*.jsonl.gz"),
@@ -476,21 +530,40 @@ def pipeline(data: DataConfig, prep: PrepareConfig, seed: int, paths: RunPaths, 
                                                data, prep)], 1)
 
 
+def up_to_date(out: Path, fingerprint: str) -> dict | None:
+    """The manifest of a finished prepare with this fingerprint whose outputs are all as it
+    recorded them (sizes and content hashes); None, saying why, when any differs."""
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if manifest.get("fingerprint") != fingerprint:
+        return None
+    problems = verify_files(out, manifest.get("files"), extras_in=("cpt", "sft", "rl", "eval"),
+                            hashes=True)
+    if problems:
+        log.warning("prepare: %s differs from its manifest, preparing again: %s", out, "; ".join(problems))
+        return None
+    return manifest
+
+
 def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
     data, prep = typed(cfg.data, DataConfig), typed(cfg.prepare, PrepareConfig)
     out = paths.root / "prepare"
     inputs = _inputs(cfg, paths)
-    fingerprint = _fingerprint(cfg, inputs)
+    tokenizer, source = tokenizer_choice(cfg)
+    fingerprint = _fingerprint(cfg, inputs, tokenizer)
     manifest_path = out / "manifest.json"
-    if manifest_path.exists() and json.loads(manifest_path.read_text()).get("fingerprint") == fingerprint:
+    if (done := up_to_date(out, fingerprint)) is not None:
         log.info("prepare: %s is up to date", out)
-        return json.loads(manifest_path.read_text())
+        return done
     for stale in paths.root.glob("prepare.work-*"):
         if stale.name != f"prepare.work-{fingerprint}":
             shutil.rmtree(stale, ignore_errors=True)
-    work, last = pipeline(data, prep, cfg.seed, paths, inputs, fingerprint)
+    work, last = pipeline(data, prep, cfg.seed, paths, inputs, fingerprint, tokenizer, source)
     tracker = Tracker(cfg, "prepare", paths.stage("prepare.logs"))
-    last.run()
+    with lifeline.armed():
+        last.run()
     if prep.executor == "slurm":
         log.info("prepare: submitted to Slurm; outputs appear in %s when the jobs finish", out)
         return tracker.finish({"submitted": True, "work": str(work)})
@@ -498,7 +571,7 @@ def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
     if not manifest["split"].get("train"):
         raise ValueError(f"prepare: no valid training trajectories in {', '.join(map(str, inputs))}"
                          f" (records: {manifest['records']})")
-    tracker.finish({k: v for k, v in manifest.items() if k != "fingerprint"})
+    tracker.finish({k: v for k, v in manifest.items() if k not in ("fingerprint", "files")})
     shutil.copyfile(paths.root / "prepare.logs" / "metrics.json", out / "metrics.json")
     shutil.rmtree(work, ignore_errors=True)
     log.info("prepare: %d in, %d kept, %d quarantined, %d filtered -> %s", manifest["records"]["in"],

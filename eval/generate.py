@@ -1,6 +1,8 @@
 """Predictions of the model under test: a local checkpoint (batched generate) or an
 OpenAI-compatible endpoint (concurrent requests with retries). Both append to predictions.jsonl
-as results arrive, so a killed eval continues where it stopped."""
+(in the model's own folder: eval/models.py) as results arrive, so a killed eval continues where
+it stopped. Each row records the digest of the prompt it answers; a row whose prompt changed is
+asked again."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from tqdm import tqdm
 from lwm.endpoints.client import ChatClient, EndpointError, run_concurrent
 from lwm.endpoints.generate import generate
 from lwm.endpoints.sample import Sample
+from lwm.identity import digest
 
 
 def read_done(path: Path) -> dict[str, dict]:
@@ -30,14 +33,22 @@ def read_done(path: Path) -> dict[str, dict]:
 
 
 def _row(s: Sample, text: str, **extra) -> dict:
-    return {"id": s.id, "task": s.domain, "turn_idx": s.turn_idx, "prediction": text, **extra}
+    return {"id": s.id, "task": s.domain, "turn_idx": s.turn_idx, "prediction": text,
+            "input": digest(s.messages), **extra}
+
+
+def reusable(path: Path, samples: list[Sample]) -> dict[str, dict]:
+    """The rows of path that answer these samples' prompts as they are now, without an error."""
+    asked = {s.id: digest(s.messages) for s in samples}
+    return {k: v for k, v in read_done(path).items()
+            if not v.get("error") and k in asked and v.get("input") == asked[k]}
 
 
 def predict_local(cfg, checkpoint: Path, samples: list[Sample], out: Path) -> dict[str, dict]:
     from lwm.models.hf import load_model
     from lwm.tokenizer import fit_prompt, load_tokenizer
     path = out / "predictions.jsonl"
-    done = read_done(path)
+    done = reusable(path, samples)
     todo = [s for s in samples if s.id not in done]
     if todo:
         tok = load_tokenizer(checkpoint)
@@ -65,7 +76,7 @@ def predict_local(cfg, checkpoint: Path, samples: list[Sample], out: Path) -> di
 def predict_endpoint(ecfg, samples: list[Sample], out: Path) -> dict[str, dict]:
     """A failed request is recorded with an empty prediction and `error`, and retried on resume."""
     path = out / "predictions.jsonl"
-    done = {k: v for k, v in read_done(path).items() if not v.get("error")}
+    done = reusable(path, samples)
     todo = [s for s in samples if s.id not in done]
     if todo:
         client = ChatClient(ecfg)

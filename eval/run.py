@@ -6,7 +6,10 @@ endpoint (eval.endpoint.base_url: concurrent, retried); parses the prediction as
 does (reasoning removed, the last <predicted_observation> block, else the whole text). Rule
 metrics are always computed (offline); eval.mode=judge|turing|reference adds an LLM judge.
 Predictions and judgements are appended as they are made, so a killed eval resumes where it
-stopped. `lwm run` scores every stage's model on the same set and ends with one table.
+stopped; they are kept per model identity (eval/models.py), never by folder name. A sample the
+endpoint did not answer and a failed judgement are left out of the score, counted in the report
+and asked again on the next run. `lwm run` scores every stage's model on the same set and ends
+with one table.
 """
 
 from __future__ import annotations
@@ -19,11 +22,13 @@ from omegaconf import DictConfig
 
 from eval.data import load_eval_set
 from eval.generate import predict_endpoint, predict_local, read_done
+from eval.models import endpoint_identity, label, local_identity, model_dir
 from eval.report import HEADLINE, controllability_table, plots, rule_detail, table
 from eval.score import aggregate_ab, aggregate_judged, aggregate_rule, follows_instruction, rule_row
 from lwm.domains import extract_observation, get_domain
 from lwm.endpoints.judge import judge_all
 from lwm.endpoints.sample import Sample, view
+from lwm.identity import digest
 from lwm.tracking import RunPaths, Tracker, write_metrics
 from lwm.world_env import PERTURBATIONS, with_instruction
 
@@ -34,14 +39,22 @@ MODES = ("rule", "judge", "turing", "reference")
 
 def score_predictions(ev, samples: list[Sample], preds: dict[str, dict], out: Path
                       ) -> tuple[dict, list[float]]:
-    """Metrics of one model's predictions, and its per-sample headline scores (0-100)."""
-    rows = []
+    """Metrics of one model's predictions, and its per-sample headline scores (0-100). Samples
+    the model did not answer (an endpoint error) are left out and counted as `unanswered`."""
+    answered = [s for s in samples if not preds[s.id].get("error")]
+    if not answered:
+        raise RuntimeError(f"eval: none of the {len(samples)} samples was answered; last error: "
+                           f"{preds[samples[-1].id]['error'][:500]}")
+    if len(answered) < len(samples):
+        log.warning("eval: %d of %d samples unanswered (left out of the score, asked again on the "
+                    "next run)", len(samples) - len(answered), len(samples))
+    unanswered, samples, rows = len(samples) - len(answered), answered, []
     for s in samples:
         raw = preds[s.id]["prediction"]
         obs = extract_observation(raw)[0]
         rows.append({"id": s.id, "task": s.domain, "turn_idx": s.turn_idx,
                      **rule_row(get_domain(s.domain), obs, raw, s.reference, s.history)})
-    metrics = {"mode": ev.mode, **aggregate_rule(rows)}
+    metrics = {"mode": ev.mode, **aggregate_rule(rows), "unanswered": unanswered}
     per_sample = [100 * r["score"] for r in rows]
     if ev.mode != "rule":
         items = [{"task": s.domain, "id": s.id, "turn_idx": s.turn_idx, "history": s.history,
@@ -50,7 +63,7 @@ def score_predictions(ev, samples: list[Sample], preds: dict[str, dict], out: Pa
         if ev.mode == "reference":
             if not ev.judge.baseline:
                 raise ValueError("eval.mode=reference needs eval.judge.baseline (a predictions.jsonl)")
-            base = read_done(Path(ev.judge.baseline))
+            base = {k: v for k, v in read_done(Path(ev.judge.baseline)).items() if not v.get("error")}
             missing = [it["id"] for it in items if it["id"] not in base]
             if missing:
                 raise ValueError(f"eval.judge.baseline lacks sample '{missing[0]}' ({len(missing)} in all)")
@@ -58,6 +71,11 @@ def score_predictions(ev, samples: list[Sample], preds: dict[str, dict], out: Pa
                 it["baseline"] = extract_observation(base[it["id"]]["prediction"])[0]
         kind = "rubric" if ev.mode == "judge" else ev.mode
         judged = judge_all(ev.judge, kind, items, out / "judged.jsonl")
+        failed = sum(r["failed"] != 0.0 for r in judged)
+        if failed:
+            log.warning("eval: %d of %d judgements failed (left out of the score, asked again on the "
+                        "next run); first: %s", failed, len(judged),
+                        next(r for r in judged if r["failed"] != 0.0).get("error_message", "?")[:300])
         if ev.mode == "judge":
             metrics["judge"] = aggregate_judged(judged)
             per_sample = [(r["total_score"] - 1) / 4 * 100 for r in judged if r["failed"] == 0.0]
@@ -86,6 +104,8 @@ def controllability(cfg, ckpt: Path | None, samples: list[Sample], out: Path) ->
              else predict_local(cfg, ckpt, asked, out))
     rates: dict[str, dict[str, list[bool]]] = {}
     for s in asked:
+        if preds[s.id].get("error"):
+            continue  # unanswered: no evidence either way (asked again on the next run)
         kind = s.id.rsplit("#", 1)[1]
         obs = extract_observation(preds[s.id]["prediction"])[0]
         rates.setdefault(s.domain, {}).setdefault(kind, []).append(
@@ -98,12 +118,23 @@ def _models(cfg, paths: RunPaths) -> dict[str, Path | None]:
     if cfg.eval.endpoint.base_url:
         return {cfg.eval.endpoint.model or "endpoint": None}
     if cfg.eval.checkpoint:
-        return {Path(cfg.eval.checkpoint).name: Path(cfg.eval.checkpoint)}
+        ckpt = Path(cfg.eval.checkpoint)
+        return {label(ckpt, {s: paths.model(s) for s in STAGE_MODELS}): ckpt}
     trained = {s: paths.model(s) for s in STAGE_MODELS if (paths.model(s) / "config.json").exists()}
     if not trained:
         raise FileNotFoundError(f"eval: no trained model under {paths.root}; set eval.checkpoint "
                                 "or eval.endpoint.base_url")
     return trained if cfg.eval.compare_stages else dict([list(trained.items())[-1]])
+
+
+def _left_out(results: dict[str, dict]) -> str:
+    parts = []
+    for name, m in results.items():
+        failed = m.get(m["mode"], {}).get("failed", 0) if m["mode"] != "rule" else 0
+        for count, what in ((m.get("unanswered", 0), "samples unanswered"), (failed, "judgements failed")):
+            if count:
+                parts.append(f"{name}: {count} {what}")
+    return "; ".join(parts)
 
 
 def evaluate(cfg: DictConfig, paths: RunPaths) -> dict:
@@ -116,17 +147,20 @@ def evaluate(cfg: DictConfig, paths: RunPaths) -> dict:
     tracker = Tracker(cfg, "eval", out)
     results, per_sample = {}, {}
     for name, ckpt in _models(cfg, paths).items():
-        model_out = out / name
-        model_out.mkdir(parents=True, exist_ok=True)
+        identity = endpoint_identity(ev.endpoint) if ckpt is None else local_identity(cfg, ckpt)
+        model_out = model_dir(out, name, identity)
         preds = (predict_endpoint(ev.endpoint, samples, model_out) if ckpt is None
                  else predict_local(cfg, ckpt, samples, model_out))
         results[name], per_sample[name] = score_predictions(ev, samples, preds, model_out)
         results[name]["controllability"] = controllability(cfg, ckpt, samples, model_out / "controllability")
         results[name]["checkpoint"] = str(ckpt) if ckpt else ev.endpoint.base_url
+        results[name]["identity"], results[name]["model"] = digest(identity), identity
     title = f"{HEADLINE[ev.mode]} on {source} ({len(samples)} samples)"
     report = table(results)
-    body = [f"# Eval\n\n{title}\n\n{report}\n",
-            f"## Rule metrics, all samples (x100)\n\n{rule_detail(results)}\n"]
+    body = [f"# Eval\n\n{title}\n\n{report}\n"]
+    if left_out := _left_out(results):
+        body.append(f"Left out of the scores (asked again on the next run): {left_out}.\n")
+    body.append(f"## Rule metrics, all answered samples (x100)\n\n{rule_detail(results)}\n")
     if control := controllability_table(results):
         body.append("## Controllability: observations obeying a simulation instruction (x100)\n\n"
                     f"{control}\n")
@@ -134,7 +168,8 @@ def evaluate(cfg: DictConfig, paths: RunPaths) -> dict:
         files = plots(results, per_sample, out)
         body.append("## Plots\n\n" + "\n".join(f"![{p.stem}]({p.name})" for p in files) + "\n")
     (out / "report.md").write_text("\n".join(body))
-    print(f"\n{title}:\n{report}\n")
+    print(f"\n{title}:\n{report}\n" + (f"Left out: {left_out}\n" if left_out else ""))
     for name, m in results.items():
         tracker.log({f"{name}/micro": m["micro"], f"{name}/macro": m["macro"]})
-    return tracker.finish({"source": str(source), "mode": ev.mode, "results": results})
+    eval_set = digest([[s.id, s.messages, s.reference] for s in samples])
+    return tracker.finish({"source": str(source), "eval_set": eval_set, "mode": ev.mode, "results": results})

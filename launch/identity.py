@@ -37,7 +37,7 @@ SHAPES = {
 # many workers; the endpoint's connection settings. Everything else in SHAPES must match.
 MAY_CHANGE = ["*.max_steps", "*.save_every", "*.log_every", "*.resume", "collect.workers",
               "collect.num_trajectories", "*.concurrency", "*.timeout_s", "*.max_retries", "*.api_key_env",
-              "policy.replay_path"]
+              "policy.replay_path", "rl.judge_max_failure_rate", "rl.judge_failure_window"]
 # The stage whose final model a training stage starts from when <stage>.init is empty.
 STARTS_FROM = {"cpt": None, "sft": "cpt", "rl": "sft"}
 

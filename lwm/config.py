@@ -265,6 +265,8 @@ class RlConfig(TrainConfig):
     rubric_weight: float = 0.9     # reward = rubric_weight * rubric + rule_weight * rule
     rule_weight: float = 0.1
     guard_penalty: float = 1.0     # subtracted (and rubric/rule zeroed) for judge-directed text
+    judge_max_failure_rate: float = 0.5  # stop when more than this share of the last
+    judge_failure_window: int = 64       # judge_failure_window judgements failed; 1.0 = never stop
     use_vllm: bool = False         # generate with vLLM (TRL) when installed
     vllm_mode: str = "colocate"    # colocate | server
     vllm_server_base_url: str = "" # server mode: a `trl vllm-serve` URL

@@ -31,14 +31,58 @@ class RunPaths:
         return self.root / "prepare"
 
     def shards(self, name: str) -> list[str]:
-        """The parquet shards prepare wrote for `name` (sft, rl), in order."""
-        files = sorted(str(p) for p in (self.prepared / name).glob("*.parquet"))
+        """The parquet shards prepare wrote for `name` (sft, rl), in order, checked against its
+        manifest: a shard missing, added or of another size is refused, not trained without."""
+        folder = self.prepared / name
+        files = sorted(str(p) for p in folder.glob("*.parquet"))
         if not files:
-            raise FileNotFoundError(f"no {name} shards in {self.prepared / name}: run `lwm prepare` first")
+            raise FileNotFoundError(f"no {name} shards in {folder}: run `lwm prepare` first")
+        try:
+            recorded = json.loads((self.prepared / "manifest.json").read_text()).get("files")
+        except (OSError, ValueError) as e:
+            raise FileNotFoundError(f"{self.prepared / 'manifest.json'}: unreadable ({e}); the {name} "
+                                    "shards cannot be checked: rerun `lwm prepare`") from None
+        problems = verify_files(self.prepared, recorded, extras_in=(name,), only=f"{name}/")
+        if problems:
+            raise FileNotFoundError(f"the {name} shards in {folder} are not what `lwm prepare` wrote: "
+                                    f"{'; '.join(problems)}. Rerun `lwm prepare` (it prepares "
+                                    "again when its outputs are damaged)")
         return files
 
     def model(self, stage: str) -> Path:
         return self.root / stage / "final"
+
+
+def file_record(path: Path) -> dict:
+    """What a producing stage records of a file it wrote, for `verify_files`."""
+    from lwm.identity import file_digest
+    return {"bytes": path.stat().st_size, "blake2b": file_digest(path)}
+
+
+def verify_files(root: Path, recorded: dict | None, extras_in: tuple[str, ...] = (),
+                 only: str = "", hashes: bool = False) -> list[str]:
+    """How the files under `root` differ from what their producer recorded (relative path ->
+    `file_record`), one line per file, naming it: missing, of another size, of other content
+    (with `hashes`), or present under one of the folders `extras_in` but not recorded. `only`
+    limits the check to recorded paths starting with it. Empty when they agree."""
+    if recorded is None:
+        return [f"{root}: no record of its files (written by an older version): cannot be checked"]
+    problems = []
+    for rel, want in sorted(recorded.items()):
+        if not rel.startswith(only):
+            continue
+        path = root / rel
+        if not path.is_file():
+            problems.append(f"{path} is missing")
+        elif path.stat().st_size != want["bytes"]:
+            problems.append(f"{path} has {path.stat().st_size} bytes, {want['bytes']} were written")
+        elif hashes and file_record(path)["blake2b"] != want["blake2b"]:
+            problems.append(f"{path} has other content than was written (blake2b)")
+    for folder in extras_in:
+        for path in sorted((root / folder).rglob("*")):
+            if path.is_file() and path.relative_to(root).as_posix() not in recorded:
+                problems.append(f"{path} was not written by this stage")
+    return problems
 
 
 def write_metrics(path: Path, metrics: dict[str, Any]) -> None:

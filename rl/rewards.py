@@ -3,8 +3,10 @@ at the judge.
 
 Only the observation extracted from <predicted_observation> reaches the judge and the rules;
 reasoning is never scored. The rubric is the library's five-dimension judge (lwm/endpoints/judge.py:
-prompts with the domain's judging paragraph, parsing, retries). A failed or unparseable judgement
-gives rubric 0 and is counted, so an outage lowers the signal but never stops training. An
+prompts with the domain's judging paragraph, parsing, retries). A failed judgement (no answer,
+or one that is not a complete judgement) gives rubric 0 and is counted; when more than
+rl.judge_max_failure_rate of the last rl.judge_failure_window judgements failed, training stops
+with JudgeFailureError rather than go on optimising the rule reward alone. An
 observation that praises itself or addresses the grader (judge_directed) is not sent to the
 judge at all (the injection never reaches it), earns no rubric or rule reward and pays the guard
 penalty, so it always scores below the same observation without that text.
@@ -12,7 +14,7 @@ penalty, so it always scores below the same observation without that text.
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, deque
 from statistics import mean
 
 from lwm.domains import extract_observation, get_domain
@@ -22,6 +24,10 @@ from lwm.endpoints.judge import DIMENSIONS, Judge, judge_directed, rubric_item
 def _text(completion) -> str:
     # Conversational datasets give [{"role": "assistant", "content": ...}]; plain ones a string.
     return completion[-1]["content"] if isinstance(completion, list) else completion
+
+
+class JudgeFailureError(RuntimeError):
+    """The judge failed too often to train on its rubric."""
 
 
 class HybridReward:
@@ -39,6 +45,29 @@ class HybridReward:
         self.weights.update(guard=rcfg.guard_penalty, rule_format=0.0, rule_content=0.0)
         self.counts: Counter = Counter()
         self._key, self._scores = None, {}
+        if not 0.0 <= rcfg.judge_max_failure_rate <= 1.0 or rcfg.judge_failure_window < 1:
+            raise ValueError("rl.judge_max_failure_rate must be in [0, 1] (1.0 = never stop) and "
+                             "rl.judge_failure_window >= 1")
+        self.max_failure_rate = rcfg.judge_max_failure_rate
+        self.recent: deque = deque(maxlen=rcfg.judge_failure_window)  # True = failed
+
+    def check_judge(self) -> None:
+        """Raise JudgeFailureError once more than max_failure_rate of a window's judgements
+        failed: over the last full window, or earlier when the failures so far already exceed
+        what a whole window allows."""
+        window, failed = self.recent.maxlen, sum(self.recent)
+        if self.max_failure_rate >= 1.0 or failed <= self.max_failure_rate * window:
+            return
+        n, jcfg = len(self.recent), self.judge.cfg
+        model = f" (model '{jcfg.model}')" if jcfg.model else ""
+        last = self.judge.last_failure[:300].rstrip(". ") or "?"
+        raise JudgeFailureError(
+            f"rl: {failed} of the last {n} judgements failed ({failed / n:.0%}) at the judge "
+            f"{jcfg.base_url}{model}, more than rl.judge_max_failure_rate={self.max_failure_rate} "
+            f"over rl.judge_failure_window={window}; a failed judgement earns rubric 0, so training "
+            f"on would optimise the rule reward alone. Last failure: {last}. Fix the judge (rl.judge.*) and "
+            "rerun (training resumes from its last checkpoint), or set rl.judge_max_failure_rate=1.0 "
+            "to train through judge failures.")
 
     def funcs(self) -> tuple[list, list[float]]:
         return [getattr(self, n) for n in self.weights], list(self.weights.values())
@@ -60,6 +89,7 @@ class HybridReward:
             failed = 0
             for i, (total, ds) in zip(ask, judged):
                 failed += total is None
+                self.recent.append(total is None)
                 rubric[i] = total or 0.0
                 for d, v in ds.items():
                     dims[d].append(v)
@@ -69,6 +99,7 @@ class HybridReward:
                 for d, vs in dims.items():
                     if vs:
                         log_metric(f"rubric/{d}", mean(vs))
+            self.check_judge()
         self.counts.update(samples=n, guarded=sum(guarded))
         if log_metric:
             log_metric("guard/flagged_rate", sum(guarded) / n)

@@ -1,6 +1,9 @@
 """`lwm serve`: a world-model checkpoint behind an OpenAI-compatible chat endpoint.
 
-POST /v1/chat/completions (non-streaming and streaming), GET /v1/models, GET /health. A request
+POST /v1/chat/completions (non-streaming and streaming), GET /v1/models, GET /health. The model
+entry of /v1/models carries `root` (the checkpoint's path) and `checkpoint_fingerprint` (its
+content fingerprint, lwm.identity), so a client caching answers per model (eval) notices a
+server restarted on another checkpoint under the same URL and name. A request
 without a system message gets its domain's world-model system prompt (lwm/domains), built from
 the request's extra fields `domain`, `task` and `tools` (or serve.domain), so agents and
 Sim-RL loops can send just the turns rendered as lwm/render.py does. The HTTP layer is the
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from lwm.domains import get_domain
 from lwm.endpoints.generate import Request
+from lwm.identity import checkpoint_fingerprint
 from lwm.schema import Trajectory
 from serve.backends import load_backend
 
@@ -95,8 +99,12 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.rstrip("/") in ("/v1/models", "/models"):
-            self._send(200, {"object": "list", "data": [
-                {"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "lwm"}]})
+            entry = {"id": self.server.model_name, "object": "model", "created": 0, "owned_by": "lwm"}
+            if self.server.root:
+                entry["root"] = self.server.root
+            if self.server.fingerprint:
+                entry["checkpoint_fingerprint"] = self.server.fingerprint
+            self._send(200, {"object": "list", "data": [entry]})
         elif self.path.rstrip("/") == "/health":
             self._send(200, {"status": "ok"})
         else:
@@ -155,9 +163,11 @@ class WorldModelServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, backend, host: str = "127.0.0.1", port: int = 8000, model_name: str = "lwm",
-                 default_domain: str = "", max_new_tokens: int = 1024, max_batch: int = 8):
+                 default_domain: str = "", max_new_tokens: int = 1024, max_batch: int = 8,
+                 fingerprint: str = "", root: str = ""):
         super().__init__((host, port), _Handler)
         self.backend, self.model_name = backend, model_name
+        self.fingerprint, self.root = fingerprint, root  # reported in /v1/models
         self.default_domain, self.max_new_tokens = default_domain, max_new_tokens
         if default_domain:
             get_domain(default_domain)  # an unknown domain fails at start-up
@@ -169,8 +179,8 @@ class WorldModelServer(ThreadingHTTPServer):
         return f"http://{host}:{port}/v1"
 
 
-def serve(cfg, paths) -> dict:
-    """The `lwm serve` stage: blocks until interrupted."""
+def build_server(cfg, paths) -> tuple[WorldModelServer, Path]:
+    """The server of `lwm serve` for serve.checkpoint (or the run's latest trained stage)."""
     scfg = cfg.serve
     if scfg.checkpoint:
         ckpt = Path(scfg.checkpoint)
@@ -179,10 +189,19 @@ def serve(cfg, paths) -> dict:
         if not trained:
             raise FileNotFoundError(f"serve: no trained model under {paths.root}; set serve.checkpoint")
         ckpt = trained[0]
+    fingerprint = checkpoint_fingerprint(ckpt)
     backend = load_backend(scfg.backend, ckpt, cfg.model, cfg.backend.dtype)
     server = WorldModelServer(backend, scfg.host, scfg.port, scfg.model_name or ckpt.name,
-                              scfg.domain, scfg.max_new_tokens, scfg.max_batch)
-    print(f"serving {ckpt} ({type(backend).__name__}) as '{server.model_name}' at {server.url}", flush=True)
+                              scfg.domain, scfg.max_new_tokens, scfg.max_batch,
+                              fingerprint=fingerprint, root=str(ckpt.resolve()))
+    return server, ckpt
+
+
+def serve(cfg, paths) -> dict:
+    """The `lwm serve` stage: blocks until interrupted."""
+    server, ckpt = build_server(cfg, paths)
+    print(f"serving {ckpt} (fingerprint {server.fingerprint}, {type(server.backend).__name__}) as "
+          f"'{server.model_name}' at {server.url}", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:

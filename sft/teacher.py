@@ -8,14 +8,16 @@ whose score reaches the threshold lends its reasoning to the target. The target'
 always the real one: the candidate's prediction only shows whether its reasoning leads there.
 
 Teacher replies and their scores are appended to <run>/sft/teacher/candidates.jsonl one query
-at a time, so a killed run asks again only what it lacks; the selection (threshold) is redone on
-every run from the cache. Under torchrun only rank 0 asks and writes; the other ranks receive its
-targets (`on_rank0`), so every rank trains on the same dataset.
+at a time, keyed by the query and the teacher's identity (a local checkpoint's content
+fingerprint; an endpoint's URL, the model it reports and the sampling settings), so a killed run
+asks again only what it lacks and another teacher is asked afresh; the selection (threshold) is
+redone on every run from the cache. A candidate whose judgement failed (rubric null) is judged
+again on the next run; its reply is kept. Under torchrun only rank 0 asks and writes; the other
+ranks receive its targets (`on_rank0`), so every rank trains on the same dataset.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import re
@@ -24,7 +26,8 @@ from datetime import timedelta
 from pathlib import Path
 
 from lwm.domains import OBS_OPEN, extract_observation, get_domain
-from lwm.endpoints.client import ChatClient, EndpointError, run_concurrent
+from lwm.endpoints.client import ChatClient, EndpointError, endpoint_identity, run_concurrent
+from lwm.identity import checkpoint_fingerprint, digest
 from lwm.endpoints.judge import Judge, judge_directed, rubric_item
 
 log = logging.getLogger("lwm.sft")
@@ -58,6 +61,8 @@ class EndpointTeacher:
     def __init__(self, tcfg):
         self.cfg, self.client = tcfg, ChatClient(tcfg)
         self.name = f"{tcfg.base_url}|{tcfg.model}"
+        # cached replies are keyed by the model behind the URL, not by the URL and name alone
+        self.identity = endpoint_identity(tcfg, temperature=tcfg.temperature, max_tokens=tcfg.max_tokens)
 
     def sample(self, messages: list[dict], k: int, seed: int) -> list[str]:
         # A distinct seed per candidate, so servers that honour seeds still return k different ones.
@@ -72,6 +77,8 @@ class LocalTeacher:
         from lwm.models.hf import load_model
         from lwm.tokenizer import load_tokenizer
         self.cfg, self.name = tcfg, f"local|{tcfg.path}"
+        self.identity = {"checkpoint": checkpoint_fingerprint(tcfg.path), "temperature": tcfg.temperature,
+                         "max_tokens": tcfg.max_tokens, "dtype": dtype}
         self.tok = load_tokenizer(tcfg.path)
         self.model = load_model(tcfg.path, model_cfg, dtype).eval()
 
@@ -87,9 +94,8 @@ class LocalTeacher:
         return self.tok.batch_decode(out[:, ids.shape[1]:], skip_special_tokens=True)
 
 
-def _key(prompt: list[dict], teacher: str, k: int) -> str:
-    blob = json.dumps([prompt, teacher, k], ensure_ascii=False, sort_keys=True)
-    return hashlib.sha1(blob.encode()).hexdigest()[:20]
+def _key(prompt: list[dict], teacher: dict, k: int) -> str:
+    return digest([prompt, teacher, k])[:20]
 
 
 def _read_cache(path: Path) -> dict[str, dict]:
@@ -125,6 +131,29 @@ def score_candidates(texts: list[str], row: dict, reference: str, judge: Judge |
     return out
 
 
+def rejudge(cache: dict[str, dict], queries: list[dict], keys: list[str], judge: Judge,
+            rubric_weight: float, cache_path: Path) -> int:
+    """Score again the cached candidates of these queries whose judgement failed; the cache file
+    is rewritten with the new scores. Returns how many candidates were judged again."""
+    stale = [(row, cache[k]) for row, k in zip(queries, keys)
+             if k in cache and any(c["rubric"] is None for c in cache[k]["candidates"])]
+    count = 0
+    for row, rec in stale:
+        reference = extract_observation(row["completion"][-1]["content"])[0]
+        again = [i for i, c in enumerate(rec["candidates"]) if c["rubric"] is None]
+        scored = score_candidates([rec["candidates"][i]["text"] for i in again], row, reference,
+                                  judge, rubric_weight)
+        for i, c in zip(again, scored):
+            rec["candidates"][i] = c
+        count += len(again)
+    if stale:
+        tmp = cache_path.with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in cache.values()),
+                       encoding="utf-8")
+        tmp.replace(cache_path)
+    return count
+
+
 def reasoning_targets(tcfg, rows: list[dict], cache_dir: Path, seed: int, model_cfg=None,
                       dtype: str = "float32") -> tuple[dict[str, str], dict]:
     """{"<id>#<copy>": reasoning} for the SFT rows whose best candidate passed, and the stats
@@ -135,9 +164,10 @@ def reasoning_targets(tcfg, rows: list[dict], cache_dir: Path, seed: int, model_
     cache_dir.mkdir(parents=True, exist_ok=True)
     cache_path = cache_dir / "candidates.jsonl"
     cache = _read_cache(cache_path)
-    keys = [_key(r["prompt"], teacher.name, tcfg.samples) for r in queries]
+    keys = [_key(r["prompt"], teacher.identity, tcfg.samples) for r in queries]
     todo = [i for i, k in enumerate(keys) if k not in cache]
     failed = 0
+    rejudged = rejudge(cache, queries, keys, judge, tcfg.rubric_weight, cache_path) if judge else 0
 
     def ask(i: int) -> dict | None:
         row = queries[i]
@@ -181,8 +211,11 @@ def reasoning_targets(tcfg, rows: list[dict], cache_dir: Path, seed: int, model_
     for entry in per_domain.values():
         entry["acceptance_rate"] = entry["accepted"] / entry["queries"] if entry["queries"] else 0.0
     n = sum(e["queries"] for e in per_domain.values())
+    judge_failed = sum(c["rubric"] is None for k in keys if k in cache for c in cache[k]["candidates"]) \
+        if judge else 0
     stats = {"teacher": teacher.name, "queries": n, "asked": len(todo), "cached": len(queries) - len(todo),
-             "teacher_failed": failed, "accepted": len(targets),
+             "teacher_failed": failed, "rejudged": rejudged, "judge_failed": judge_failed,
+             "accepted": len(targets),
              "acceptance_rate": len(targets) / n if n else 0.0, "domains": dict(per_domain)}
     return targets, stats
 

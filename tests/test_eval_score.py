@@ -45,12 +45,14 @@ def test_published_overall_is_the_macro_mean():
 
 
 def test_judge_output_parsing():
-    ok = 'Good format.\n<evaluation>{"format": 4, "factuality": 2, "consistency": 9, ' \
+    ok = 'Good format.\n<evaluation>{"format": 4, "factuality": 2, "consistency": 3, ' \
          '"realism": 3, "quality": 3, "strengths": ["layout"]}</evaluation>'
     parsed = parse_rubric(ok)
-    assert parsed["consistency"] == 0 and parsed["total_score"] == pytest.approx(3.0)
+    assert parsed["consistency"] == 3 and parsed["total_score"] == pytest.approx(3.0)
     assert parsed["strengths"] == ["layout"]
-    assert parse_rubric("format: 5, factuality: 4")["total_score"] == pytest.approx(4.5)
+    # strict: every dimension, a score from 1 to 5, in the final answer (tests/test_faults_judge.py)
+    assert parse_rubric(ok.replace('"consistency": 3', '"consistency": 9')) is None
+    assert parse_rubric("format: 5, factuality: 4") is None
     assert parse_rubric("I cannot judge this.") is None
     assert parse_boxed("A looks real... final: \\boxed{B}") == "B"
     assert parse_boxed("\\boxed{tie}", ("A", "B", "TIE")) == "TIE"

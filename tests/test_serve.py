@@ -54,6 +54,27 @@ def test_server_answers_openai_client(tiny_backend):
         server.server_close()
 
 
+def test_models_entry_reports_the_checkpoint_fingerprint(prepared_run, tmp_path):
+    """A client caching answers per model (eval) tells a restarted server on other weights apart
+    by this field (tests/test_faults_judge.py)."""
+    from lwm.identity import checkpoint_fingerprint
+    from lwm.tracking import RunPaths
+    from serve.server import build_server
+    from tests.conftest import make_cfg
+    ckpt = save_tiny_checkpoint(prepared_run, tmp_path / "final")
+    server, served = build_server(make_cfg(tmp_path, f"serve.checkpoint={ckpt}", "serve.backend=hf",
+                                           "serve.port=0"), RunPaths(tmp_path))
+    start(server)
+    try:
+        (entry,) = OpenAI(base_url=server.url, api_key="unused", max_retries=0).models.list().data
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert served == ckpt and entry.id == "final"
+    assert entry.model_dump()["checkpoint_fingerprint"] == checkpoint_fingerprint(ckpt)
+    assert entry.model_dump()["root"] == str(ckpt.resolve())
+
+
 def test_env_runs_an_episode_in_every_domain(tiny_backend):
     gen = local_generator(tiny_backend, max_tokens=6)
     for domain in domain_names():

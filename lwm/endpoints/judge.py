@@ -8,9 +8,14 @@ replaces the rubric's system prompt for that domain. Training (`Judge`: RL rewar
 also appends the domain's judge paragraph (Domain.judge_paragraph, by default
 prompts/domains/<name>.txt) on what is deterministic (judged strictly) and what is pre-existing
 or runtime content (judged for plausibility); eval keeps the benchmark's prompts as they are, so
-its scores stay comparable. An unparseable judgement is retried, then counted as failed;
-`judge_all` appends judgements to a file as they arrive, so a killed run continues where it
-stopped.
+its scores stay comparable.
+
+A judgement is valid only when every field parses from the judge's final answer (`read_answer`,
+the one parser: a rubric answer's five scores, an A/B answer's last \\boxed{}); a reply cut off
+by max_tokens, a missing or non-numeric score, an empty reply are asked again, then count as a
+failed judgement: reward 0 in RL, left out of eval's score and counted there. `judge_all`
+appends judgements to a file as they arrive, keyed by what was asked, so a killed run continues
+where it stopped and a rerun asks again exactly the failed ones and those whose question changed.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ from statistics import mean
 from lwm.domains import get_domain
 from lwm.endpoints.client import ChatClient, EndpointError, run_concurrent
 from lwm.endpoints.sample import view
+from lwm.identity import digest
 
 log = logging.getLogger("lwm.endpoints")
 PROMPTS = Path(__file__).parent / "prompts"
 DIMENSIONS = ("format", "factuality", "consistency", "realism", "quality")
-_EVAL = re.compile(r"<evaluation>(.*?)</evaluation>", re.S)
+_OPEN, _CLOSE = "<evaluation>", "</evaluation>"
 _BOXED = re.compile(r"\\boxed\{\s*([^{}]*?)\s*\}")
 
 
@@ -87,43 +93,80 @@ def _known(domain: str) -> bool:
         return False
 
 
-# ---- parsing ----
+# ---- parsing: the one place that reads a judge's answer ----
 
-def parse_rubric(text: str) -> dict | None:
-    """The scores of a rubric judgement (integers 1-5, 0 where a dimension is missing or out of
-    range), or None when no dimension is valid."""
-    blocks = _EVAL.findall(text)
-    body = blocks[-1] if blocks else text
-    data = {}
-    start = body.rfind("{\"") if not blocks else body.find("{")
-    if start >= 0:
+class Unparsed(ValueError):
+    """A judge reply that is not a judgement; the message says why."""
+
+
+def _final_object(answer: str) -> dict:
+    """The JSON object that ends the answer (only whitespace or a code fence after it)."""
+    for i, ch in enumerate(answer):
+        if ch != "{":
+            continue
         try:
-            data = json.loads(body[start:body.rfind("}") + 1])
+            value, end = json.JSONDecoder().raw_decode(answer, i)
         except json.JSONDecodeError:
-            data = {}
+            continue
+        if isinstance(value, dict) and not answer[end:].strip(" \t\r\n`"):
+            return value
+    raise Unparsed("no complete JSON object ends the answer (cut off, or not JSON)")
+
+
+def read_rubric(text: str) -> dict:
+    """The five scores (numbers from 1 to 5) of the final answer: the last <evaluation> block,
+    which must be closed, or without tags the JSON object that ends the reply."""
+    start = text.rfind(_OPEN)
+    answer = text
+    if start >= 0:
+        answer = text[start + len(_OPEN):]
+        if _CLOSE not in answer:
+            raise Unparsed("the last <evaluation> block is not closed (the answer was cut off)")
+        answer = answer[:answer.index(_CLOSE)]
+    data = _final_object(answer)
     scores = {}
     for dim in DIMENSIONS:
-        value = data.get(dim) if isinstance(data, dict) else None
-        if value is None:  # a judge that wrote "format: 4" instead of JSON still counts
-            m = re.search(rf"(?i)\"?{dim}\"?\s*[:=]\s*(\d+(?:\.\d+)?)", body)
-            value = m.group(1) if m else 0
-        try:
-            v = float(value)
-        except (TypeError, ValueError):
-            v = 0
-        scores[dim] = v if 1 <= v <= 5 else 0
-    total = sample_total(scores)
-    if total is None:
+        value = data.get(dim)
+        if value is None:
+            raise Unparsed(f"'{dim}' missing")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise Unparsed(f"'{dim}' is not a number: {value!r}")
+        if not 1 <= value <= 5:
+            raise Unparsed(f"'{dim}' is {value}, not a score from 1 to 5")
+        scores[dim] = value
+    return {**scores, "total_score": mean(float(v) for v in scores.values()),
+            "strengths": data.get("strengths", []), "weaknesses": data.get("weaknesses", [])}
+
+
+def parse_rubric(text: str) -> dict | None:
+    """read_rubric, or None when the reply is not a judgement."""
+    try:
+        return read_rubric(text)
+    except Unparsed:
         return None
-    extra = data if isinstance(data, dict) else {}
-    return {**scores, "total_score": total, "strengths": extra.get("strengths", []),
-            "weaknesses": extra.get("weaknesses", [])}
 
 
 def parse_boxed(text: str, allowed=("A", "B")) -> str | None:
-    answers = [a.strip().strip("*").upper() for a in _BOXED.findall(text)]
-    answers = [a for a in answers if a in {x.upper() for x in allowed}]
-    return answers[-1] if answers else None
+    """The final \\boxed{} answer when it is one of `allowed`; None otherwise (an earlier
+    answer does not stand in for a final one that is no answer)."""
+    found = list(_BOXED.finditer(text))
+    if not found or text.rfind("\\boxed{") != found[-1].start():
+        return None  # none, or the last one cut off
+    answer = found[-1].group(1).strip().strip("*").upper()
+    return answer if answer in {x.upper() for x in allowed} else None
+
+
+def read_answer(mode: str, text: str):
+    """The judgement of one reply: rubric scores, or the A/B(/TIE) answer. Raises Unparsed."""
+    if not text.strip():
+        raise Unparsed("empty reply")
+    if mode == "rubric":
+        return read_rubric(text)
+    allowed = ("A", "B") if mode == "turing" else ("A", "B", "TIE")
+    answer = parse_boxed(text, allowed)
+    if answer is None:
+        raise Unparsed(f"no final \\boxed{{{'|'.join(allowed)}}} answer")
+    return answer
 
 
 # ---- judging ----
@@ -132,55 +175,74 @@ def _context(history: str) -> str:
     return f"# Earlier turns\n\n{history}" if history else "# Earlier turns\n\n(none: this is the first turn)"
 
 
-def judge_one(client: ChatClient, prompts: Prompts, mode: str, item: dict, seed: int) -> dict:
-    """One judgement row. item: task, id, history, current, prediction, reference (and, for
-    reference mode, baseline)."""
-    row = {"task": item["task"], "id": item["id"], "turn_idx": item.get("turn_idx"),
-           "gen": item.get("gen", ""), "extracted_output": item["prediction"]}
+def judge_messages(prompts: Prompts, mode: str, item: dict, seed: int) -> tuple[list[dict], str | None]:
+    """The chat messages asking for one judgement, and (A/B modes) the side holding the model's
+    answer. item: task, id, history, current, prediction, reference (reference mode: baseline)."""
     fields = {"context": _context(item["history"]), "current": item["current"],
               "prediction": item["prediction"], "reference": item["reference"]}
     if mode == "rubric":
-        messages = prompts.messages("rubric", item["task"], **fields)
-    else:
-        other = item["reference"] if mode == "turing" else item["baseline"]
-        side = random.Random(f"{seed}:{item['id']}").choice("AB")
-        a, b = (item["prediction"], other) if side == "A" else (other, item["prediction"])
+        return prompts.messages("rubric", item["task"], **fields), None
+    other = item["reference"] if mode == "turing" else item["baseline"]
+    side = random.Random(f"{seed}:{item['id']}").choice("AB")
+    a, b = (item["prediction"], other) if side == "A" else (other, item["prediction"])
+    return prompts.messages(mode, item["task"], a=a, b=b, **fields), side
+
+
+def judgement_key(jcfg, messages: list[dict]) -> str:
+    """What decides a judgement: the judge endpoint and its settings, and the question."""
+    return digest({"judge": [jcfg.base_url.rstrip("/"), jcfg.model, jcfg.temperature, jcfg.max_tokens],
+                   "messages": messages})
+
+
+def judge_one(client: ChatClient, prompts: Prompts, mode: str, item: dict, seed: int) -> dict:
+    """One judgement row; `failed` 1.0 with `error_message` when no valid judgement came back."""
+    messages, side = judge_messages(prompts, mode, item, seed)
+    row = {"task": item["task"], "id": item["id"], "turn_idx": item.get("turn_idx"),
+           "gen": item.get("gen", ""), "extracted_output": item["prediction"],
+           "key": judgement_key(client.cfg, messages)}
+    if side:
         row["model_side"] = side
-        messages = prompts.messages(mode, item["task"], a=a, b=b, **fields)
-    raw, parsed = "", None
-    for _ in range(client.cfg.max_retries + 1):  # an unparseable answer is asked again
+    raw, parsed, error = "", None, ""
+    for _ in range(client.cfg.max_retries + 1):  # a reply that is no judgement is asked again
         try:
             raw = client.complete(messages)
         except EndpointError as e:
-            raw = f"(endpoint error) {e}"
+            raw, error = "", f"endpoint: {e}"
             break
-        parsed = parse_rubric(raw) if mode == "rubric" else parse_boxed(
-            raw, ("A", "B") if mode == "turing" else ("A", "B", "TIE"))
-        if parsed is not None:
+        try:
+            parsed = read_answer(mode, raw)
             break
+        except Unparsed as e:
+            error = f"not a judgement: {e}"
     row["judge_raw_output"] = raw
     if parsed is None:
-        return {**row, "failed": 1.0, "total_score": 0, "error_message": "judge output not parsed"}
+        return {**row, "failed": 1.0, "total_score": 0, "error_message": error}
     if mode == "rubric":
         return {**row, **parsed, "failed": 0.0}
-    won = 0.5 if parsed == "TIE" else float(parsed == row["model_side"])
+    won = 0.5 if parsed == "TIE" else float(parsed == side)
     return {**row, "answer": parsed, "failed": 0.0, ("fooled" if mode == "turing" else "win"): won}
 
 
 def judge_all(jcfg, mode: str, items: list[dict], out_path: Path) -> list[dict]:
-    """Judge every item (resuming from out_path); rows in the order of items."""
-    done = {}
+    """Judge every item; rows in the order of items. Valid judgements in out_path are reused when
+    their key (judge and question) matches; failed ones, and those asked of another judge or
+    about another prediction, are asked again."""
+    prompts = Prompts(jcfg.prompts)
+    keys = {it["id"]: judgement_key(jcfg, judge_messages(prompts, mode, it, jcfg.seed)[0]) for it in items}
+    kept = {}
     if out_path.exists():
         for line in out_path.read_text(encoding="utf-8").splitlines():
             try:
                 r = json.loads(line)
-                done[r["id"]] = r
             except json.JSONDecodeError:
                 break  # a line cut by a kill: redone
-        out_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()))
+            if r.get("failed") == 0.0 and keys.get(r["id"], r.get("key")) == r.get("key"):
+                kept[r["id"]] = r
+        out_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values()))
+    done = {i: r for i, r in kept.items() if i in keys}
     todo = [it for it in items if it["id"] not in done]
     if todo:
-        client, prompts = ChatClient(jcfg), Prompts(jcfg.prompts)
+        client = ChatClient(jcfg)
         with open(out_path, "a", encoding="utf-8") as f:
             def write(item, row):
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -245,16 +307,20 @@ class Judge:
     def __init__(self, jcfg):
         self.cfg, self.client = jcfg, ChatClient(jcfg)
         self.prompts = Prompts(jcfg.prompts, domain_guides=True)
+        self.last_failure = ""  # why the latest failed judgement failed, for error messages
 
     def score_all(self, items: list[dict]) -> list[tuple[float | None, dict]]:
         results: dict[int, tuple] = {}
 
         def one(i):
             try:
-                return normalised(judge_one(self.client, self.prompts, "rubric", items[i], self.cfg.seed))
+                row = judge_one(self.client, self.prompts, "rubric", items[i], self.cfg.seed)
             except Exception as e:  # anything but an answer is a failed judgement, never a crash
-                log.warning("judge: %s", e)
-                return None, {}
+                row = {"failed": 1.0, "error_message": f"{type(e).__name__}: {e}"}
+            if row["failed"]:
+                self.last_failure = row["error_message"]
+                log.debug("judge %s: %s", self.cfg.base_url, row["error_message"][:300])
+            return normalised(row)
 
         run_concurrent(one, range(len(items)), self.cfg.concurrency,
                        lambda i, r: results.__setitem__(i, r))

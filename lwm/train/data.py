@@ -3,7 +3,8 @@
 the rows an uninterrupted single-process run reads.
 
 - PackedShards: fixed-length packed sequences from Megatron .bin/.idx (CPT), with the loss mask
-  prepare wrote beside them (<prefix>_lossmask) when there is one;
+  prepare wrote beside them (<prefix>_lossmask) when there is one; the files are checked at open
+  against each other and against prepare's manifest (a truncated file is an error naming it);
 - RowBatches: tokenized rows of unequal length (SFT samples), one per row, right-padded.
 
 Both visit their rows in one random order per epoch, computed once per epoch and cached.
@@ -11,10 +12,16 @@ Both visit their rows in one random order per epoch, computed once per epoch and
 
 from __future__ import annotations
 
+import json
+import struct
 from pathlib import Path
 
 import numpy as np
 import torch
+
+INDEX_HEADER = b"MMIDIDX\x00\x00"  # megatron.core.datasets.indexed_dataset, version 1
+INDEX_PREFIX = len(INDEX_HEADER) + 8 + 1 + 8 + 8  # header, version, dtype code, the two counts
+RERUN = "rerun `lwm prepare` (it prepares again when its outputs are damaged)"
 
 
 class EpochOrder:
@@ -42,20 +49,99 @@ def labels_for(ids: torch.Tensor, mask: torch.Tensor | None, pad_id: int) -> tor
     return labels
 
 
+def index_header(idx: Path) -> tuple[int, int, int]:
+    """(dtype code, sequence count, document count) of a Megatron .idx whose size agrees with
+    them; a ValueError naming the file otherwise."""
+    with open(idx, "rb") as f:
+        head = f.read(INDEX_PREFIX)
+    if len(head) < INDEX_PREFIX or head[:len(INDEX_HEADER)] != INDEX_HEADER:
+        raise ValueError(f"{idx}: not a Megatron indexed-dataset index (header)")
+    version, code, sequences, documents = struct.unpack("<QBQQ", head[len(INDEX_HEADER):])
+    if version != 1:
+        raise ValueError(f"{idx}: index version {version}, only version 1 is supported")
+    expected = INDEX_PREFIX + 4 * sequences + 8 * sequences + 8 * documents
+    if idx.stat().st_size != expected:
+        raise ValueError(f"{idx}: {idx.stat().st_size} bytes, expected {expected} for "
+                         f"{sequences} sequences and {documents} documents (multimodal or truncated)")
+    return code, sequences, documents
+
+
+def checked_index(prefix: Path) -> np.ndarray:
+    """The sequence lengths of the indexed dataset at `prefix` after checking that its .idx is
+    whole and its .bin holds exactly the tokens the index counts (a .bin missing its last
+    sequence is as wrong as a truncated one)."""
+    from megatron.core.datasets.indexed_dataset import DType
+    idx, bin_ = Path(f"{prefix}.idx"), Path(f"{prefix}.bin")
+    for path in (idx, bin_):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} not found")
+    code, sequences, _ = index_header(idx)
+    try:
+        itemsize = DType.size(code)
+    except ValueError:
+        raise ValueError(f"{idx}: unknown dtype code {code}") from None
+    lengths = np.fromfile(idx, dtype=np.int32, count=sequences, offset=INDEX_PREFIX)
+    tokens = int(lengths.sum(dtype=np.int64))
+    if bin_.stat().st_size != tokens * itemsize:
+        raise ValueError(f"{bin_}: {bin_.stat().st_size} bytes, but {idx.name} counts {tokens} "
+                         f"tokens of {itemsize} bytes in {sequences} sequences")
+    return lengths
+
+
 class PackedShards:
     def __init__(self, prefix: Path, seed: int, pad_id: int):
         from megatron.core.datasets.indexed_dataset import IndexedDataset
         if not Path(str(prefix) + ".idx").exists():
             raise FileNotFoundError(f"CPT shards {prefix}.bin/.idx not found: run `lwm prepare` first")
+        try:
+            lengths = checked_index(prefix)
+            mask = self._check_mask(Path(f"{prefix}_lossmask"), lengths)
+            self._check_manifest(Path(prefix), lengths)
+        except (OSError, ValueError) as e:
+            raise type(e)(f"CPT shards: {e}; {RERUN}") from None
         self.data, self.pad_id = IndexedDataset(str(prefix)), pad_id
-        mask = Path(str(prefix) + "_lossmask.idx")
-        self.mask = IndexedDataset(str(prefix) + "_lossmask") if mask.exists() else None
+        self.mask = IndexedDataset(str(mask)) if mask else None
         self.n = len(self.data)
         self.order = EpochOrder(self.n, seed)
 
+    @staticmethod
+    def _check_mask(prefix: Path, lengths: np.ndarray) -> Path | None:
+        """The loss mask beside the shards, whole and aligned sequence for sequence, or None when
+        prepare wrote none (half a pair is an error, not a run without the mask)."""
+        present = [p for p in (Path(f"{prefix}.idx"), Path(f"{prefix}.bin")) if p.exists()]
+        if not present:
+            return None
+        mask_lengths = checked_index(prefix)
+        if not np.array_equal(mask_lengths, lengths):
+            raise ValueError(f"{prefix}.idx: {len(mask_lengths)} sequences of other lengths than "
+                             f"the {len(lengths)} of the token ids beside it")
+        return prefix
+
+    @staticmethod
+    def _check_manifest(prefix: Path, lengths: np.ndarray) -> None:
+        """The counts prepare recorded in its manifest (<prepare>/manifest.json), when there is one."""
+        manifest = prefix.parent.parent / "manifest.json"
+        if not manifest.is_file():
+            return
+        cpt = json.loads(manifest.read_text()).get("cpt", {})
+        want = cpt.get(prefix.name, {"sequences": 0, "tokens": 0})
+        have = {"sequences": len(lengths), "tokens": int(lengths.sum(dtype=np.int64))}
+        if {k: want.get(k) for k in have} != have:
+            raise ValueError(f"{prefix}.idx: {have['sequences']} sequences of {have['tokens']} tokens, "
+                             f"but {manifest} records {want.get('sequences')} of {want.get('tokens')}")
+
     @classmethod
     def optional(cls, prefix: Path, seed: int, pad_id: int) -> PackedShards | None:
-        return cls(prefix, seed, pad_id) if Path(str(prefix) + ".idx").exists() else None
+        """The shards at `prefix`, or None when prepare wrote none there (or none with a sequence)."""
+        idx = Path(str(prefix) + ".idx")
+        if not idx.exists():
+            return None
+        try:
+            if index_header(idx)[1] == 0:
+                return None
+        except ValueError:
+            pass  # the constructor says so, with the way out
+        return cls(prefix, seed, pad_id)
 
     def batch(self, k: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.order(j) for j in range(k * batch_size, (k + 1) * batch_size)]
