@@ -400,6 +400,17 @@ def _add(counters: list[dict]) -> dict:
     return dict(sorted(total.items()))
 
 
+def check_heldout(rendered: list[dict], data: DataConfig) -> None:
+    """A run too small to hold anything out would train with no held-out loss and evaluate on
+    nothing: refuse it before anything is published, saying how to get a held-out set."""
+    split = _add([r["split"] for r in rendered])
+    if not split.get("heldout"):
+        raise ValueError(
+            f"prepare: none of the {split.get('train', 0)} kept trajectories fell into the held-out split "
+            f"(data.heldout_fraction={data.heldout_fraction}, drawn per trajectory); collect more "
+            "(collect.num_trajectories=...) or hold out more (data.heldout_fraction=...)")
+
+
 def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_source, tok,
                 tokenizer_dir: Path, data: DataConfig, prepare: PrepareConfig) -> dict:
     curate, rendered = _sum_stats(work, "curate"), _sum_stats(work, "render")
@@ -445,6 +456,8 @@ def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_sourc
                 "target_tokens_max": max((r["target_tokens_max"] for r in rendered), default=0)},
         "rl": {"prompts": sum(r["rl"] for r in rendered)},
         "eval": eval_counts,
+        # domains with training data but nothing held out: no held-out loss or score for them
+        "heldout_missing_domains": sorted(set(_add([r["domains"] for r in rendered])) - set(eval_counts)),
         "executor": prepare.executor,
         # Every published file: what RunPaths.shards, the CPT reader and the up-to-date check verify.
         "files": {p.relative_to(out).as_posix(): file_record(p)
@@ -472,6 +485,7 @@ class Publish(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         work, out = Path(self.work), Path(self.out)
         staging = out.with_name(out.name + ".partial")
+        check_heldout(_sum_stats(work, "render"), self.data)
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         _merge(work, staging)
@@ -568,6 +582,9 @@ def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
         log.info("prepare: submitted to Slurm; outputs appear in %s when the jobs finish", out)
         return tracker.finish({"submitted": True, "work": str(work)})
     manifest = json.loads(manifest_path.read_text())
+    if manifest["heldout_missing_domains"]:
+        log.warning("prepare: nothing held out for %s: they get no held-out loss or eval score; collect "
+                    "more of them or raise data.heldout_fraction", ", ".join(manifest["heldout_missing_domains"]))
     if not manifest["split"].get("train"):
         raise ValueError(f"prepare: no valid training trajectories in {', '.join(map(str, inputs))}"
                          f" (records: {manifest['records']})")
