@@ -10,11 +10,9 @@ import json
 import shutil
 
 import pytest
-import torch
-from safetensors.torch import load_file
-
 from lwm.tracking import RunPaths
 from tests.conftest import make_cfg
+from tests.helpers.checkpoint import assert_same_run
 
 STEPS = ["backend=deepspeed", "backend.dtype=float32", "cpt.max_steps=4", "cpt.save_every=2",
          "cpt.log_every=1", "cpt.warmup_steps=1"]
@@ -22,7 +20,7 @@ STEPS = ["backend=deepspeed", "backend.dtype=float32", "cpt.max_steps=4", "cpt.s
 
 @pytest.fixture
 def no_shm_build(monkeypatch, tmp_path):
-    import deepspeed  # noqa: F401
+    import deepspeed  # noqa: F401  (imported before its comm module is patched)
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "ext"))
     # the shared-memory allreduce op is a ~60 s JIT build that one rank never uses
     monkeypatch.setattr(importlib.import_module("deepspeed.comm.torch"), "build_shm_op", lambda: None)
@@ -31,16 +29,6 @@ def no_shm_build(monkeypatch, tmp_path):
 def _cpt(run, *extra):
     from pretrain.train import train
     return train(make_cfg(run, *STEPS, *extra), RunPaths(run))
-
-
-def _weights(run):
-    return load_file(run / "cpt" / "final" / "model.safetensors")
-
-
-def _assert_same(a, b):
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.fixture
@@ -69,7 +57,7 @@ def test_deepspeed_resumes_from_the_dir_it_is_given(whole, prepared_run, tmp_pat
     shutil.copytree(whole / "cpt" / "checkpoints" / "step_0000002", step2)
     result = _cpt(run, f"cpt.resume={step2}")
     assert result["resumed_from"] == str(step2)
-    _assert_same(_weights(whole), _weights(run))
+    assert_same_run(whole, run)
     shutil.copytree(prepared_run, tmp_path / "other")
     with pytest.raises(FileNotFoundError, match="not a complete checkpoint"):
         _cpt(tmp_path / "other", f"cpt.resume={tmp_path / 'missing'}")
@@ -87,7 +75,7 @@ def test_deepspeed_saves_and_stops_on_preemption(whole, prepared_run, tmp_path, 
     assert not (run / "cpt" / "final" / "complete").exists()
     flag.unlink()  # the requeued job
     assert _cpt(run)["resumed_from"].endswith("step_0000001")
-    _assert_same(_weights(whole), _weights(run))
+    assert_same_run(whole, run)
 
 
 def test_resume_with_another_dp_size_is_refused():

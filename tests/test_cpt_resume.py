@@ -6,10 +6,8 @@ import subprocess
 import sys
 import time
 
-import torch
-from safetensors.torch import load_file
-
 from tests.conftest import TINY
+from tests.helpers.checkpoint import assert_same_run
 
 ARGS = ["cpt.max_steps=16", "cpt.save_every=2", "cpt.batch_size=4", "cpt.warmup_steps=2",
         "backend.num_threads=1"]
@@ -47,8 +45,4 @@ def test_cpt_resume_after_kill(prepared_run, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stderr + resumed.stdout
 
-    a = load_file(whole / "cpt" / "final" / "model.safetensors")
-    b = load_file(killed / "cpt" / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_run(whole, killed)

@@ -17,14 +17,11 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from safetensors.torch import load_file
-
 from launch.identity import IdentityMismatch
 from launch.lock import RunDirInUse, run_lock
 from launch.stages import run_stage
-from lwm.tracking import RunPaths
 from tests.conftest import make_cfg
+from tests.helpers.checkpoint import assert_same_run
 
 STEPS = ["cpt.max_steps=4", "cpt.save_every=2", "cpt.warmup_steps=1", "cpt.batch_size=2", "cpt.log_every=1"]
 
@@ -32,16 +29,6 @@ STEPS = ["cpt.max_steps=4", "cpt.save_every=2", "cpt.warmup_steps=1", "cpt.batch
 def cpt(run, *extra):
     """`lwm cpt` as the CLI runs it: lock, identity check, then the stage."""
     return run_stage(make_cfg(run, "stage=cpt", *STEPS, *extra))
-
-
-def weights(run):
-    return load_file(run / "cpt" / "final" / "model.safetensors")
-
-
-def assert_same(a, b):
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.fixture(scope="module")
@@ -118,7 +105,7 @@ def test_a_damaged_checkpoint_falls_back_to_the_one_before(whole, tmp_path):
     damaged.write_bytes(damaged.read_bytes()[:1000])
     metrics = cpt(run)
     assert metrics["resumed_from"].endswith("step_0000002") and metrics["steps"] == 4
-    assert_same(weights(whole), weights(run))
+    assert_same_run(whole, run)
 
 
 def test_a_kill_between_the_final_model_and_its_metrics_is_finished_on_rerun(whole, tmp_path):
@@ -129,7 +116,7 @@ def test_a_kill_between_the_final_model_and_its_metrics_is_finished_on_rerun(who
     metrics = cpt(run)
     assert metrics["steps"] == 4 and metrics["resumed_from"].endswith("step_0000004")
     assert (run / "cpt" / "final" / "complete").exists()
-    assert_same(weights(whole), weights(run))
+    assert_same_run(whole, run)
 
 
 def test_metrics_of_a_resumed_run_cover_the_whole_run(whole, tmp_path, monkeypatch):

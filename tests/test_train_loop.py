@@ -18,11 +18,10 @@ import shutil
 
 import numpy as np
 import pytest
-import torch
-from safetensors.torch import load_file
 
 from lwm.tracking import RunPaths
 from tests.conftest import make_cfg
+from tests.helpers.checkpoint import assert_same_run
 
 OPTIM = ["sft.lr=3e-4", "sft.weight_decay=0.1", "sft.warmup_steps=5", "sft.max_steps=40",
          "sft.adam_betas=[0.9,0.98]", "sft.adam_eps=1e-7", "sft.min_lr_ratio=0.05"]
@@ -129,8 +128,4 @@ def test_hf_engine_saves_and_stops_on_preemption(run_copy, prepared_run, tmp_pat
     flag.unlink()
     metrics = train(make_cfg(run_copy, *steps), RunPaths(run_copy))
     assert metrics["resumed_from"].endswith("step_0000001") and metrics["steps"] == 4
-    a = load_file(whole / "cpt" / "final" / "model.safetensors")
-    b = load_file(run_copy / "cpt" / "final" / "model.safetensors")
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_run(whole, run_copy)

@@ -1,4 +1,4 @@
-"""A tiny checkpoint built from config, for tests that generate with a real model."""
+"""Checkpoints in tests: a tiny one built from config, and the final weights of runs compared."""
 
 from __future__ import annotations
 
@@ -22,3 +22,18 @@ def save_tiny_checkpoint(prepared_run: Path, out: Path) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tok.save_pretrained(out)
     return out
+
+
+def final_weights(run: Path, stage: str = "cpt") -> dict:
+    """The tensors of a stage's final model in a run folder."""
+    from safetensors.torch import load_file
+    return load_file(run / stage / "final" / "model.safetensors")
+
+
+def assert_same_run(a: Path, b: Path, stage: str = "cpt", atol: float = 1e-6) -> None:
+    """Two runs ended in the same weights: every tensor, to `atol` (a resumed run against an
+    uninterrupted one: the same arithmetic, up to float noise)."""
+    wa, wb = final_weights(a, stage), final_weights(b, stage)
+    assert wa.keys() == wb.keys()
+    for name in wa:
+        torch.testing.assert_close(wa[name], wb[name], rtol=0, atol=atol, msg=name)
