@@ -27,8 +27,9 @@ from trl import GRPOConfig, GRPOTrainer
 from lwm.models.hf import load_model
 from lwm.tokenizer import encode_prompt, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
-from lwm.train import dist
-from lwm.train.trl import backend_args, check_world, resume_arg, save_final, trainer_args
+from lwm.train import dist, loop
+from lwm.train.trl import (ExactResume, backend_args, carried, check_world, mark_complete, resume_arg,
+                           save_final, trainer_args)
 from rl.rewards import HybridReward
 
 log = logging.getLogger("lwm.rl")
@@ -37,6 +38,11 @@ log = logging.getLogger("lwm.rl")
 LOGGED = ("reward", "reward_std", "rewards/", "rubric/", "judge/", "guard/", "completions/mean_length",
           "kl", "clip_ratio/", "entropy", "loss")
 COUNTED = ("samples", "judged", "judge_failed", "guarded")
+
+
+class Trainer(ExactResume, GRPOTrainer):
+    """TRL's GRPOTrainer, resuming every weight of its checkpoint and the reward counts of the
+    run so far (lwm.train.trl.ExactResume)."""
 
 
 def rl_prompts(tok, shards: list[str], max_prompt_length: int) -> tuple[datasets.Dataset, dict]:
@@ -74,18 +80,26 @@ def all_ranks(counts: Counter, device) -> dict:
     import torch
     import torch.distributed as dist
     if not dist.is_initialized() or dist.get_world_size() == 1:
-        return dict(counts)
+        return {k: int(counts.get(k, 0)) for k in COUNTED}
     total = torch.tensor([float(counts.get(k, 0)) for k in COUNTED], dtype=torch.float64, device=device)
     dist.all_reduce(total)
     return {k: int(v) for k, v in zip(COUNTED, total.tolist())}
 
 
+def totals(before: Counter, counts: Counter, device) -> dict:
+    """The run's reward counts: those carried by the resumed checkpoint plus every rank's since.
+    A collective, as all_ranks."""
+    now = all_ranks(counts, device)
+    return {k: int(before.get(k, 0)) + now[k] for k in COUNTED}
+
+
 def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tcfg, out = cfg.rl, paths.stage("rl")
     final = paths.model("rl")
-    if (final / "complete").exists() and tcfg.resume != "never":
-        log.info("rl: %s is already trained", final)
-        return Tracker.load(out)
+    done = loop.finished(out, final, tcfg, "rl")  # as far as asked; a larger max_steps trains on
+    if done is not None:
+        return done
+    (final / "complete").unlink(missing_ok=True)  # until this run's final/ and metrics.json are written
     rank, world = dist.init()  # torchrun's or a submitit task's group; none for one process
     backend = backend_args(cfg, tcfg, world, "rl")  # fails on an unsupported backend before any work
     if tcfg.algorithm not in ("grpo", "gspo"):
@@ -103,16 +117,20 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         max_completion_length=tcfg.max_completion_length, beta=tcfg.beta, epsilon=tcfg.epsilon,
         importance_sampling_level="sequence" if tcfg.algorithm == "gspo" else "token",
         reward_weights=weights, log_completions=False, **generation_args(tcfg), **backend))
-    trainer = GRPOTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok,
-                          reward_funcs=funcs)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tok, reward_funcs=funcs)
     check_world(trainer, world, cfg.backend.name, "rl")
-    trainer.train(resume_from_checkpoint=resume_arg(tcfg.resume, out / "checkpoints"))
+    resume = resume_arg(tcfg.resume, out / "checkpoints")
+    # The reward counts live in memory: each checkpoint carries the run's totals so far, and a
+    # resumed run adds its own to those (the series below come back with trainer_state.json).
+    before = Counter(carried(resume).get("reward_counts", {}))
+    trainer.carried_state = lambda: {"reward_counts": totals(before, reward.counts, trainer.accelerator.device)}
+    trainer.train(resume_from_checkpoint=resume)
     save_final(trainer, tok, final)
-    counts = all_ranks(reward.counts, trainer.accelerator.device)
+    counts = totals(before, reward.counts, trainer.accelerator.device)
     if tracker is None:
         return {}
     steps = step_series(trainer.state.log_history)
-    return tracker.finish({
+    summary = tracker.finish({
         **stats, "init": str(init), "algorithm": tcfg.algorithm, "steps": trainer.state.global_step,
         "backend": cfg.backend.name, "data_parallel": trainer.args.world_size,
         "reward_weights": reward.weights, "judge": tcfg.judge.base_url or None,
@@ -123,3 +141,5 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         "reward_last": steps[-1]["reward"] if steps else None,
         "reward_curve": [round(s["reward"], 4) for s in steps], "per_step": steps,
         "checkpoint": str(final)})
+    mark_complete(final)
+    return summary

@@ -29,10 +29,15 @@ from lwm.tokenizer import drop_oldest_turn, encode_chat, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
 from lwm.train import dist, loop
 from lwm.train.data import RowBatches
-from lwm.train.trl import backend_args, check_world, resume_arg, save_final, trainer_args
+from lwm.train.trl import (ExactResume, backend_args, check_world, mark_complete, resume_arg, save_final,
+                           trainer_args)
 from sft.teacher import on_rank0, reasoning_targets
 
 log = logging.getLogger("lwm.sft")
+
+
+class Trainer(ExactResume, SFTTrainer):
+    """TRL's SFTTrainer, resuming every weight of its checkpoint (lwm.train.trl.ExactResume)."""
 
 
 def fit_to_length(tok, messages: list[dict], max_length: int, train_history: bool):
@@ -105,9 +110,10 @@ def teacher_reasoning(cfg: DictConfig, records, out: Path) -> tuple[dict[str, st
 def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tcfg, out = cfg.sft, paths.stage("sft")
     final = paths.model("sft")
-    if (final / "complete").exists() and tcfg.resume != "never":
-        log.info("sft: %s is already trained", final)
-        return Tracker.load(out)
+    done = loop.finished(out, final, tcfg, "sft")  # as far as asked; a larger max_steps trains on
+    if done is not None:
+        return done
+    (final / "complete").unlink(missing_ok=True)  # until this run's final/ and metrics.json are written
     rank, world = dist.init(always=cfg.backend.name == "megatron")  # torchrun's or a submitit task's group
     backend = {} if cfg.backend.name == "megatron" else backend_args(cfg, tcfg, world, "sft")
     init = Path(tcfg.init) if tcfg.init else paths.model("cpt")
@@ -134,17 +140,20 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
                                     packing=tcfg.packing, packing_strategy="bfd",
                                     padding_free=tcfg.packing, completion_only_loss=None,
                                     **backend))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
     check_world(trainer, world, cfg.backend.name, "sft")
     result = trainer.train(resume_from_checkpoint=resume_arg(tcfg.resume, out / "checkpoints"))
     save_final(trainer, tok, final)
     if tracker is None:
         return {}
+    # log_history comes back with the checkpoint: the losses cover the whole run.
     history = [h for h in trainer.state.log_history if "loss" in h]
-    return tracker.finish({
+    summary = tracker.finish({
         **stats, "steps": trainer.state.global_step,
         "backend": cfg.backend.name, "data_parallel": trainer.args.world_size,
         "warmup_steps": args.warmup_steps,
         "train_loss_first": history[0]["loss"] if history else None,
         "train_loss_last": history[-1]["loss"] if history else None,
         "train_runtime_s": result.metrics.get("train_runtime"), "checkpoint": str(final)})
+    mark_complete(final)
+    return summary

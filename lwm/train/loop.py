@@ -57,7 +57,7 @@ def heldout_loss(engine, batches, batch_size: int) -> float | None:
     return float(np.mean([engine.eval_loss(*batches.batch(k, batch_size)) for k in range(n)]))
 
 
-def _finished(out: Path, final: Path, tcfg, stage: str) -> dict | None:
+def finished(out: Path, final: Path, tcfg, stage: str) -> dict | None:
     """The metrics of a finished stage, when it trained as far as asked; None when it is to train
     (on): a larger max_steps continues from the last checkpoint, which is always the last step."""
     if tcfg.resume == "never" or not (final / checkpoint.MARKER).exists():
@@ -100,7 +100,7 @@ def _writing(path: Path, what: str):
 def run(cfg, paths: RunPaths, job: Job) -> dict:
     tcfg, stage = job.tcfg, job.stage
     out, final = paths.stage(stage), paths.model(stage)
-    done = _finished(out, final, tcfg, stage)
+    done = finished(out, final, tcfg, stage)
     if done is not None:
         return done
     preempt.install()
