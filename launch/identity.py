@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -25,6 +26,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from lwm.identity import checkpoint_fingerprint, digest, tokenizer_fingerprint
+from lwm.parallel_config import parallel_plan
 
 # The config keys that shape each stage's output (a prefix covers its whole subtree).
 SHAPES = {
@@ -34,8 +36,9 @@ SHAPES = {
     "rl": ["seed", "model", "rl", "backend.name", "backend.dtype"],
 }
 # Keys that may change between runs of one stage: how long, how often it logs and saves, how
-# many workers; the endpoint's connection settings. Everything else in SHAPES must match.
-MAY_CHANGE = ["*.max_steps", "*.save_every", "*.log_every", "*.resume", "collect.workers",
+# many workers; the endpoint's connection settings; grad_accum, as long as the global batch
+# (recorded as <stage>.global_batch) stays. Everything else in SHAPES must match.
+MAY_CHANGE = ["*.max_steps", "*.grad_accum", "*.save_every", "*.log_every", "*.resume", "collect.workers",
               "collect.num_trajectories", "*.concurrency", "*.timeout_s", "*.max_retries", "*.api_key_env",
               "policy.replay_path", "rl.judge_max_failure_rate", "rl.judge_failure_window"]
 # The stage whose final model a training stage starts from when <stage>.init is empty.
@@ -99,8 +102,22 @@ def inputs_of(cfg, stage: str, root: Path) -> dict:
     return inputs
 
 
+def data_parallel_size(cfg) -> int:
+    """The data-parallel size this job will run with, from its launcher's environment."""
+    world = int(os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", 1)))
+    try:
+        return parallel_plan(cfg.model, cfg.backend, world).dp
+    except ValueError:
+        return world  # the engine refuses the layout itself, with its own message
+
+
 def identity_of(cfg, stage: str, root: Path) -> dict:
     keys = config_keys(cfg, stage)
+    if stage in STARTS_FROM:
+        # What trains is the global batch; grad_accum follows the data-parallel size, which may
+        # change on resume (2 ranks x 1 micro-batch = 1 rank x 2).
+        t = cfg[stage]
+        keys[f"{stage}.global_batch"] = t.batch_size * t.grad_accum * data_parallel_size(cfg)
     return {"stage": stage,
             "shapes": {"config": {k: v for k, v in keys.items() if not _may_change(k)},
                        "inputs": inputs_of(cfg, stage, root)},

@@ -51,12 +51,14 @@ class HybridReward:
         self.max_failure_rate = rcfg.judge_max_failure_rate
         self.recent: deque = deque(maxlen=rcfg.judge_failure_window)  # True = failed
 
-    def check_judge(self) -> None:
+    def check_judge(self, final: bool = False) -> None:
         """Raise JudgeFailureError once more than max_failure_rate of a window's judgements
         failed: over the last full window, or earlier when the failures so far already exceed
-        what a whole window allows."""
+        what a whole window allows; at the end of training (`final`), over the judgements there
+        were, so a run shorter than a window cannot train through a dead judge either."""
         window, failed = self.recent.maxlen, sum(self.recent)
-        if self.max_failure_rate >= 1.0 or failed <= self.max_failure_rate * window:
+        limit = self.max_failure_rate * (len(self.recent) if final else window)
+        if self.judge is None or self.max_failure_rate >= 1.0 or not self.recent or failed <= limit:
             return
         n, jcfg = len(self.recent), self.judge.cfg
         model = f" (model '{jcfg.model}')" if jcfg.model else ""

@@ -125,6 +125,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     before = Counter(carried(resume).get("reward_counts", {}))
     trainer.carried_state = lambda: {"reward_counts": totals(before, reward.counts, trainer.accelerator.device)}
     trainer.train(resume_from_checkpoint=resume)
+    reward.check_judge(final=True)  # a run shorter than the failure window: judged over what it had
     save_final(trainer, tok, final)
     counts = totals(before, reward.counts, trainer.accelerator.device)
     if tracker is None:

@@ -153,6 +153,18 @@ def test_rl_stage_with_a_dead_judge_fails_instead_of_training_on_rules(run_copy,
     assert not (run_copy / "rl" / "final" / "complete").exists()
 
 
+def test_rl_shorter_than_the_failure_window_still_stops_on_a_dead_judge(run_copy, sft_init):
+    """12 judgements, all failed, under the default window of 64: judged over what there was."""
+    cfg = make_cfg(run_copy, "rl.max_steps=3", "rl.batch_size=4", "rl.num_generations=4",
+                   "rl.max_completion_length=8", "rl.log_every=1", "rl.judge.base_url=http://127.0.0.1:9/v1",
+                   "rl.judge.max_retries=0")
+    cfg.rl.init = str(sft_init)
+    assert cfg.rl.judge_failure_window > 12
+    with pytest.raises(JudgeFailureError, match="127.0.0.1:9"):
+        _stage_fn("rl")(cfg, RunPaths(run_copy))
+    assert not (run_copy / "rl" / "final" / "complete").exists()
+
+
 # ---- eval: failed judgements left out, counted and asked again ----
 
 def model_under_test(requests):
