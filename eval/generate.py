@@ -16,20 +16,12 @@ from lwm.endpoints.client import ChatClient, EndpointError, run_concurrent
 from lwm.endpoints.generate import generate
 from lwm.endpoints.sample import Sample
 from lwm.identity import digest
+from lwm.tracking import complete_rows
 
 
 def read_done(path: Path) -> dict[str, dict]:
     """Rows already written; a line cut by a kill and everything after it are dropped."""
-    done = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-                done[row["id"]] = row
-            except json.JSONDecodeError:
-                break
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()))
-    return done
+    return complete_rows(path, "id")
 
 
 def _row(s: Sample, text: str, **extra) -> dict:

@@ -125,3 +125,21 @@ class Tracker:
                                      if isinstance(v, (int, float, str))})
             self.run.finish()
         return self.summary
+
+
+def complete_rows(path: Path, key: str, keep=None) -> dict[str, dict]:
+    """The rows of an append-only JSONL cache by `key` (a later row replaces an earlier one),
+    optionally only those `keep` accepts. A line cut by a kill ends the read: it and anything
+    after it are dropped, and the file is rewritten with the rows kept, so appends continue
+    from a clean end."""
+    rows = {}
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                break
+            if keep is None or keep(row):
+                rows[row[key]] = row
+        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows.values()))
+    return rows

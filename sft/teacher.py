@@ -29,6 +29,7 @@ from lwm.domains import OBS_OPEN, extract_observation, get_domain
 from lwm.endpoints.client import ChatClient, EndpointError, endpoint_identity, run_concurrent
 from lwm.identity import checkpoint_fingerprint, digest
 from lwm.endpoints.judge import Judge, judge_directed, rubric_item
+from lwm.tracking import complete_rows
 
 log = logging.getLogger("lwm.sft")
 
@@ -99,16 +100,7 @@ def _key(prompt: list[dict], teacher: dict, k: int) -> str:
 
 
 def _read_cache(path: Path) -> dict[str, dict]:
-    done = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: asked again
-            done[rec["key"]] = rec
-        path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in done.values()))
-    return done
+    return complete_rows(path, "key")  # a line cut by a kill: asked again
 
 
 def score_candidates(texts: list[str], row: dict, reference: str, judge: Judge | None,

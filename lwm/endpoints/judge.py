@@ -30,6 +30,7 @@ from statistics import mean
 from lwm.domains import get_domain
 from lwm.endpoints.client import ChatClient, EndpointError, run_concurrent
 from lwm.endpoints.sample import view
+from lwm.tracking import complete_rows
 from lwm.identity import digest
 
 log = logging.getLogger("lwm.endpoints")
@@ -229,16 +230,8 @@ def judge_all(jcfg, mode: str, items: list[dict], out_path: Path) -> list[dict]:
     about another prediction, are asked again."""
     prompts = Prompts(jcfg.prompts)
     keys = {it["id"]: judgement_key(jcfg, judge_messages(prompts, mode, it, jcfg.seed)[0]) for it in items}
-    kept = {}
-    if out_path.exists():
-        for line in out_path.read_text(encoding="utf-8").splitlines():
-            try:
-                r = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line cut by a kill: redone
-            if r.get("failed") == 0.0 and keys.get(r["id"], r.get("key")) == r.get("key"):
-                kept[r["id"]] = r
-        out_path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept.values()))
+    kept = complete_rows(out_path, "id", keep=lambda r: r.get("failed") == 0.0 and
+                         keys.get(r["id"], r.get("key")) == r.get("key"))
     done = {i: r for i, r in kept.items() if i in keys}
     todo = [it for it in items if it["id"] not in done]
     if todo:

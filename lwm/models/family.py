@@ -4,6 +4,7 @@ their bodies, so the registry loads with the config (lwm.parallel_config) at sta
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
 
@@ -13,6 +14,7 @@ class ModelFamily:
 
     arch: str = ""                      # the model.arch value that selects it
     hf_model_types: tuple[str, ...] = ()  # HF config.model_type values whose checkpoints it reads
+    layout_class: str = ""              # the layout class in the family's adapter module
 
     def hf_config(self, mcfg, common: dict):
         """(HF config, model class) from `common`: our model fields under the HF names every
@@ -30,17 +32,18 @@ class ModelFamily:
         raise NotImplementedError
 
     def adapter(self) -> ModuleType:
-        """The HF <-> Megatron state-dict adapter: a module with hf_view, ends_to_megatron,
-        ends_to_hf, layer_to_megatron and layer_to_hf (lwm.models.convert drives it)."""
-        raise NotImplementedError
+        """The HF <-> Megatron state-dict adapter, the family folder's `adapter` module: hf_view,
+        ends_to_megatron, ends_to_hf, layer_to_megatron and layer_to_hf (lwm.models.convert
+        drives it) and the layout class named by `layout_class`."""
+        return importlib.import_module(f"lwm.models.{self.arch}.adapter")
 
     def layout(self, mcfg):
         """The adapter's layout (sizes it needs) from our model config."""
-        raise NotImplementedError
+        return getattr(self.adapter(), self.layout_class).from_model_config(mcfg)
 
     def layout_from_hf(self, hf_config):
         """The adapter's layout from an HF config."""
-        raise NotImplementedError
+        return getattr(self.adapter(), self.layout_class).from_hf_config(hf_config)
 
     def check_parallel(self, mcfg, m, errors: list[str]) -> None:
         """Append what the family needs of the Megatron layout `m` (backend.megatron) beyond

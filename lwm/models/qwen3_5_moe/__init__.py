@@ -12,6 +12,7 @@ class Qwen35Moe(Qwen3Moe):
     arch = "qwen3_5_moe"
     # the released checkpoints are the vision-language model, whose text model the adapter reads
     hf_model_types = ("qwen3_5_moe", "qwen3_5_moe_text")
+    layout_class = "Qwen35MoeLayout"
 
     def hf_config(self, mcfg, common: dict):
         from transformers import Qwen3_5MoeForCausalLM, Qwen3_5MoeTextConfig
@@ -54,16 +55,6 @@ class Qwen35Moe(Qwen3Moe):
             get_transformer_block_with_experimental_attention_variant_spec,
         )
         return get_transformer_block_with_experimental_attention_variant_spec(tc)
-
-    def adapter(self):
-        from lwm.models.qwen3_5_moe import adapter
-        return adapter
-
-    def layout(self, mcfg):
-        return self.adapter().Qwen35MoeLayout.from_model_config(mcfg)
-
-    def layout_from_hf(self, hf_config):
-        return self.adapter().Qwen35MoeLayout.from_hf_config(hf_config)
 
     def check_parallel(self, mcfg, m, errors: list[str]) -> None:
         from lwm.models.family import must_divide

@@ -9,6 +9,7 @@ from lwm.models.family import ModelFamily
 class Qwen3Moe(ModelFamily):
     arch = "qwen3_moe"
     hf_model_types = ("qwen3_moe",)
+    layout_class = "Qwen3MoeLayout"
 
     def hf_config(self, mcfg, common: dict):
         from transformers import Qwen3MoeConfig, Qwen3MoeForCausalLM
@@ -32,13 +33,3 @@ class Qwen3Moe(ModelFamily):
                 num_experts=mcfg.num_experts, moe_grouped_gemm=tc.moe_grouped_gemm, qk_layernorm=True)
         return specs.get_gpt_layer_local_spec(num_experts=mcfg.num_experts, moe_grouped_gemm=False,
                                               qk_layernorm=True, normalization="RMSNorm")
-
-    def adapter(self):
-        from lwm.models.qwen3_moe import adapter
-        return adapter
-
-    def layout(self, mcfg):
-        return self.adapter().Qwen3MoeLayout.from_model_config(mcfg)
-
-    def layout_from_hf(self, hf_config):
-        return self.adapter().Qwen3MoeLayout.from_hf_config(hf_config)
