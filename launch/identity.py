@@ -38,7 +38,8 @@ SHAPES = {
 # Keys that may change between runs of one stage: how long, how often it logs and saves, how
 # many workers; the endpoint's connection settings; grad_accum, as long as the global batch
 # (recorded as <stage>.global_batch) stays. Everything else in SHAPES must match.
-MAY_CHANGE = ["*.max_steps", "*.grad_accum", "*.save_every", "*.log_every", "*.resume", "collect.workers",
+# (collect.max_steps is an episode's length, so it shapes what is collected: not listed.)
+MAY_CHANGE = ["cpt.max_steps", "sft.max_steps", "rl.max_steps", "*.grad_accum", "*.save_every", "*.log_every", "*.resume", "collect.workers",
               "collect.num_trajectories", "*.concurrency", "*.timeout_s", "*.max_retries", "*.api_key_env",
               "policy.replay_path", "rl.judge_max_failure_rate", "rl.judge_failure_window"]
 # The stage whose final model a training stage starts from when <stage>.init is empty.

@@ -15,6 +15,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from launch.identity import IdentityMismatch
@@ -157,3 +158,20 @@ def test_a_full_disk_is_named(prepared_run, tmp_path):
     finally:
         if mounted:
             subprocess.run(["umount", "--lazy", str(small)], check=False)  # a failed writer may still hold a file
+
+
+def test_a_sweep_rerun_with_new_values_is_refused(tmp_path):
+    """`-m` under the same sweep folder with other values: every job refuses (once: each job
+    printed nothing wrong, skipped its finished work and recorded values that never ran)."""
+    root = Path(__file__).resolve().parent.parent
+
+    def sweep(values):
+        return subprocess.run([sys.executable, "-m", "launch.cli", "collect", "-m", f"collect.max_steps={values}",
+                               "collect.num_trajectories=2", "wandb.mode=disabled",
+                               f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=root, capture_output=True,
+                              text=True, timeout=300)
+    assert sweep("3,4").returncode == 0
+    again = sweep("5,6")
+    assert again.returncode != 0 and "collect.max_steps: 3 -> 5" in again.stderr
+    recorded = json.loads((tmp_path / "sweep" / "job0" / "collect" / "identity.json").read_text())
+    assert recorded["shapes"]["config"]["collect.max_steps"] == 3
