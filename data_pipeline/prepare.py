@@ -235,7 +235,7 @@ class RenderShards(PipelineStep):
             turns = [t for t in range(1, len(traj.steps) + 1) if sample[t - 1]]
             if split == "heldout":
                 for t in turns:
-                    rec = render.agentworldbench_record(domain, traj, t, self.data.max_history)
+                    rec = render.agentworldbench_record(domain, traj, t)
                     if traj.domain not in evals:
                         (out / "eval" / traj.domain).mkdir(exist_ok=True)
                         evals[traj.domain] = open(out / "eval" / traj.domain / f"{rank:05d}.jsonl", "w",

@@ -26,7 +26,8 @@ from eval.models import endpoint_identity, label, local_identity, model_dir
 from eval.report import HEADLINE, controllability_table, plots, rule_detail, table
 from eval.score import aggregate_ab, aggregate_judged, aggregate_rule, follows_instruction, rule_row
 from lwm.domains import extract_observation, get_domain
-from lwm.endpoints.judge import judge_all
+from lwm.domains.base import observation_for_judge
+from lwm.endpoints.judge import Prompts, judge_all
 from lwm.endpoints.sample import Sample, view
 from lwm.identity import digest
 from lwm.tracking import RunPaths, Tracker, write_metrics
@@ -35,6 +36,14 @@ from lwm.world_env import PERTURBATIONS, with_instruction
 log = logging.getLogger("lwm.eval")
 STAGE_MODELS = ("init", "cpt", "sft", "rl")
 MODES = ("rule", "judge", "turing", "reference")
+
+
+def judge_item(s: Sample, gen: str) -> dict:
+    """What the judge is asked about one sample: its history, current turn and reference, the
+    model's raw generation, and the prediction cleaned as the benchmark cleans it."""
+    return {"task": s.domain, "id": s.id, "turn_idx": s.turn_idx, "history": s.history,
+            "current": s.current, "reference": s.reference, "gen": gen,
+            "prediction": observation_for_judge(gen)}
 
 
 def score_predictions(ev, samples: list[Sample], preds: dict[str, dict], out: Path
@@ -57,9 +66,7 @@ def score_predictions(ev, samples: list[Sample], preds: dict[str, dict], out: Pa
     metrics = {"mode": ev.mode, **aggregate_rule(rows), "unanswered": unanswered}
     per_sample = [100 * r["score"] for r in rows]
     if ev.mode != "rule":
-        items = [{"task": s.domain, "id": s.id, "turn_idx": s.turn_idx, "history": s.history,
-                  "current": s.current, "reference": s.reference, "gen": preds[s.id]["prediction"],
-                  "prediction": extract_observation(preds[s.id]["prediction"])[0]} for s in samples]
+        items = [judge_item(s, preds[s.id]["prediction"]) for s in samples]
         if ev.mode == "reference":
             if not ev.judge.baseline:
                 raise ValueError("eval.mode=reference needs eval.judge.baseline (a predictions.jsonl)")
@@ -137,8 +144,26 @@ def _left_out(results: dict[str, dict]) -> str:
     return "; ".join(parts)
 
 
+def check_preset(ev) -> None:
+    """The agentworldbench preset judges with the benchmark's own prompts and asks a judge; it
+    refuses to start without them rather than score with other prompts under its name."""
+    if ev.preset != "agentworldbench":
+        return
+    missing = [k for k, v in (("eval.judge.prompts", ev.judge.prompts), ("eval.judge.base_url",
+               ev.judge.base_url)) if not v]
+    if missing:
+        raise ValueError(f"eval=agentworldbench needs {' and '.join(missing)}: the prompts/ folder of "
+                         "a local copy of the AgentWorldBench repository (its per-domain judge prompts "
+                         "and judge template) and the judge's OpenAI-compatible endpoint")
+    if not Prompts(ev.judge.prompts).bench_user:
+        raise ValueError(f"eval.judge.prompts={ev.judge.prompts}: no eval/lwm_eval_utils/task_configs.py "
+                         "beside it, so the benchmark's judge template is not there; point it at the "
+                         "prompts/ folder of a full copy of the AgentWorldBench repository")
+
+
 def evaluate(cfg: DictConfig, paths: RunPaths) -> dict:
     ev = cfg.eval
+    check_preset(ev)
     if ev.mode not in MODES:
         raise ValueError(f"eval.mode: unknown mode '{ev.mode}' ({', '.join(MODES)})")
     out = paths.stage("eval")

@@ -3,8 +3,9 @@
 Judge (per sample, the benchmark's judged-file layout): five dimensions scored 1-5, 0 meaning
 invalid; the sample's total is the mean of its valid dimensions; a failed judgement has
 `failed` = 1. Per domain, each dimension and the total are averaged over valid samples whose
-value is not 0, then normalised to 0-100 as (raw - 1) / 4 * 100. The published "Overall" is the
-MACRO mean over domains; the MICRO mean over samples is reported beside it. The A/B modes
+value is not 0, then normalised to 0-100 as (raw - 1) / 4 * 100. The benchmark's script prints the MICRO mean over
+samples as "Overall"; the paper's table uses the MACRO mean over domains; both are reported,
+each labelled. The A/B modes
 (Turing test, reference comparison) report the rate of wins per domain, micro and macro.
 
 Rule (no judge): the domain's verifier plus similarity (chrF, ROUGE-L, BLEU-4, our own code),
@@ -211,5 +212,6 @@ if __name__ == "__main__":  # python -m eval.score judged.jsonl: the benchmark's
         for k in DIMENSIONS + ("total_score",):
             print(f"  {k:>15s}: " + ("-" if e[k] is None else f"{e[k]:.2f}"))
     fmt = lambda v: "-" if v is None else f"{v:.2f}"
-    print(f"Overall (macro over domains): {fmt(agg['macro'])}   micro over samples: "
-          f"{fmt(agg['micro'])}   valid {agg['valid']}, failed {agg['failed']}")
+    print(f"Overall (the benchmark script's: micro, mean over samples): {fmt(agg['micro'])}\n"
+          f"Macro (the paper table's: mean over domains): {fmt(agg['macro'])}\n"
+          f"valid {agg['valid']}, failed {agg['failed']}")

@@ -250,6 +250,8 @@ class SftConfig(TrainConfig):
 
 @dataclass
 class RlConfig(TrainConfig):
+    # grpo | gspo. The keys below left null take the algorithm's documented value (rl/train.py
+    # ALGORITHMS, from TRL's docs); a value set here wins.
     algorithm: str = "grpo"
     max_steps: int = 20
     log_every: int = 2
@@ -260,7 +262,13 @@ class RlConfig(TrainConfig):
     max_prompt_length: int = 1024
     max_completion_length: int = 192
     beta: float = 0.0              # KL coefficient (KL is logged when > 0)
-    epsilon: float = 0.2           # clipping
+    epsilon: float | None = None   # lower clip of the ratio; null: grpo 0.2, gspo 3e-4
+    epsilon_high: float | None = None  # upper clip; null: = rl.epsilon if set, else grpo 0.2, gspo 4e-4
+    loss_type: str | None = None   # TRL's GRPOConfig.loss_type; null: grpo dapo, gspo grpo
+    # Off-policy reuse: one generation feeds steps_per_generation micro-batches (TRL's unit: with
+    # grad_accum > 1 an optimizer step takes grad_accum of them), each num_iterations times.
+    steps_per_generation: int | None = None  # null: grpo grad_accum (on-policy), gspo 4 * grad_accum
+    num_iterations: int = 1                  # passes over each micro-batch (TRL's mu)
     judge: JudgeConfig = field(default_factory=JudgeConfig)  # rubric judge; empty base_url = rules only
     rubric_weight: float = 0.9     # reward = rubric_weight * rubric + rule_weight * rule
     rule_weight: float = 0.1
@@ -275,6 +283,7 @@ class RlConfig(TrainConfig):
 
 @dataclass
 class EvalConfig:
+    preset: str = ""               # set by configs/eval/<preset>.yaml (agentworldbench: checked at start)
     input: str = ""                # AgentWorldBench JSONL; empty = the run's held-out set
     checkpoint: str = ""           # empty = the run's latest trained stage
     max_samples: int = 64

@@ -1,26 +1,70 @@
-"""Rendering trajectories into text, in one place for every stage.
+"""Rendering trajectories into text, in one place for every stage, and reading turns back.
 
-Turns follow AgentWorldBench's layout: each user message is "### Turn t", the initial state
-under "**Current State:**" in turn 1, then "**Action:**" and a ```json block. Earlier
-observations answer as "**Environment Observation:**"; the target observation is wrapped in
-<predicted_observation> tags, optionally after reasoning.
+Turns follow AgentWorldBench's layout: each user message is "### Turn t"; turn 1 shows the
+initial state under "**Current State:**" (followed by a blank line) in domains that have one;
+then "**Action:**" and a fenced block: ```json with the action indented by 2, or ```python for
+code actions. Earlier observations answer as "**Environment Observation:**"; the target
+observation is wrapped in <predicted_observation> tags, optionally after reasoning. A CPT
+document chains the turns as the benchmark's few-shot examples and judge context do: each turn,
+a newline, its observation, a blank line.
+
+Held-out samples are written in the benchmark's own JSONL layout (`agentworldbench_record`): the
+whole trajectory's turns as strings in `prompt` and `response`, the scored turn in `turn_idx`
+(1-based) and `current_prompt`, an integer `id`, the world model's system prompt in
+`system_str`; `trajectory_id` (ours, ignored by the benchmark's code) names the trajectory.
 """
 
 from __future__ import annotations
 
-from lwm.domains import OBS_CLOSE, OBS_OPEN, Domain
-from lwm.schema import Trajectory
+import hashlib
+import json
+import re
 
-HISTORY_OBS = "**Environment Observation:**"
+from lwm.domains import OBS_CLOSE, OBS_OPEN, Domain
+from lwm.domains.base import HISTORY_OBS
+from lwm.schema import Trajectory
 
 
 def user_turn(domain: Domain, traj: Trajectory, t: int) -> str:
     """The user message of turn t (1-based)."""
-    parts = [f"### Turn {t}"]
-    if t == 1:
-        parts.append(f"**Current State:**\n{traj.initial_observation or '(empty)'}")
-    parts.append(f"**Action:**\n```json\n{domain.render_action(traj.steps[t - 1].action)}\n```")
-    return "\n".join(parts)
+    head = f"### Turn {t}\n"
+    if t == 1 and domain.shows_state():
+        head += f"**Current State:**\n{traj.initial_observation or '(empty)'}\n\n"
+    action = domain.render_action(traj.steps[t - 1].action)
+    return f"{head}**Action:**\n```{domain.action_language}\n{action}\n```"
+
+
+_TURN = re.compile(r"### Turn (\d+)\n")
+_ACTION = re.compile(r"\*\*Action:\*\*\n```(\w*)\n")
+_STATE = "**Current State:**\n"
+
+
+def parse_turn(text: str) -> tuple[int, str | None, str]:
+    """(turn, initial state or None, action) of a user turn as `user_turn` writes it (and the
+    benchmark's turns are written): the inverse of user_turn. Raises ValueError."""
+    head = _TURN.match(text)
+    actions = list(_ACTION.finditer(text))
+    if not head or not actions:
+        raise ValueError("not a '### Turn t ... **Action:** ```...```' turn")
+    block = actions[-1]
+    end = text.find("\n```", block.end() - 1)
+    if end < 0:
+        raise ValueError("the action block is not closed")
+    body = text[block.end():end] if end >= block.end() else ""
+    state = None
+    before = text[head.end():block.start()]
+    if before.startswith(_STATE):
+        state = before[len(_STATE):].removesuffix("\n").removesuffix("\n")
+        state = "" if state == "(empty)" else state
+    if block.group(1) != "json":
+        return int(head.group(1)), state, body
+    try:
+        value = json.loads(body)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"action block is not JSON ({e.msg})") from None
+    # render_action quotes plain-text actions and re-indents JSON ones: invert both.
+    action = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return int(head.group(1)), state, action
 
 
 def history_observation(observation: str) -> str:
@@ -58,7 +102,7 @@ def cpt_segments(domain: Domain, traj: Trajectory) -> list[tuple[str, int]]:
     (what loss masking by turn type may thin out); 0 marks everything else."""
     segments = [(domain.system_prompt(traj, CPT_VARIANT), 0)]
     for t in range(1, len(traj.steps) + 1):
-        segments.append(("\n\n" + user_turn(domain, traj, t) + "\n\n" + HISTORY_OBS + "\n", 0))
+        segments.append(("\n\n" + user_turn(domain, traj, t) + "\n" + HISTORY_OBS + "\n", 0))
         segments.append((traj.steps[t - 1].observation, t))
     return segments
 
@@ -68,17 +112,23 @@ def cpt_document(domain: Domain, traj: Trajectory) -> str:
     return "".join(text for text, _ in cpt_segments(domain, traj))
 
 
-def agentworldbench_record(domain: Domain, traj: Trajectory, t: int,
-                           max_history: int | None = None) -> dict:
-    """One eval sample in AgentWorldBench's JSONL layout."""
-    messages, answer = turn_messages(domain, traj, t, max_history)
+def sample_id(trajectory_id: str, t: int) -> int:
+    """The benchmark's integer id of turn t's sample: stable, below 2**60."""
+    return int(hashlib.blake2b(f"{trajectory_id}-t{t}".encode(), digest_size=8).hexdigest()[:15], 16)
+
+
+def agentworldbench_record(domain: Domain, traj: Trajectory, t: int) -> dict:
+    """Turn t's eval sample in AgentWorldBench's JSONL layout (the whole trajectory, every turn
+    as a string; the benchmark's evaluation reads turns 1..t)."""
+    prompts = [user_turn(domain, traj, i) for i in range(1, len(traj.steps) + 1)]
     return {
         "task": domain.name,
-        "id": f"{traj.id}-t{t}",
-        "prompt": messages,
-        "response": [answer],
-        "current_prompt": messages[-1]["content"],
-        "system_str": messages[0]["content"],
+        "id": sample_id(traj.id, t),
+        "prompt": prompts,
+        "response": [history_observation(s.observation) for s in traj.steps],
+        "current_prompt": prompts[t - 1],
+        "system_str": domain.system_prompt(traj),
         "turn_idx": t,
         "total_turns": len(traj.steps),
+        "trajectory_id": traj.id,
     }

@@ -4,7 +4,9 @@ One turn per trajectory (prepared that way). The reward is w_rubric * judge rubr
 rule verifier (rules alone when no judge endpoint is configured, so runs work offline), minus
 a penalty for judge-directed text; it sees only the observation extracted from
 <predicted_observation> tags. Generation is TRL's: vLLM (colocated or a server) with
-rl.use_vllm, transformers' generate otherwise. TRL logs every reward component
+rl.use_vllm, transformers' generate otherwise. rl.algorithm picks TRL's settings (ALGORITHMS):
+grpo on-policy with a ratio per token, gspo TRL's GSPO recipe, a clipped ratio per sequence over
+4 optimizer steps per generation. TRL logs every reward component
 (rewards/<name>/mean), the rubric dimensions, judge failure rate, completion length, KL and
 clip ratios to wandb each logging step; the same per-step series go to rl/metrics.json.
 
@@ -39,6 +41,25 @@ LOGGED = ("reward", "reward_std", "rewards/", "rubric/", "judge/", "guard/", "co
           "kl", "clip_ratio/", "entropy", "loss")
 COUNTED = ("samples", "judged", "judge_failed", "guarded")
 
+# What rl.algorithm sets in TRL's GRPOConfig for each rl.* key left null (a value set there wins).
+# `mini_batches`: micro-batches of one generation per rl.grad_accum (steps_per_generation =
+# mini_batches * grad_accum); above 1, every optimizer step after a generation's first is off-policy.
+ALGORITHMS = {
+    # TRL's GRPOConfig defaults (trl 1.16 grpo_config.py): a ratio per token, loss_type "dapo"
+    # (summed over the active tokens of the accumulated batch), epsilon 0.2 on both sides, one
+    # generation per optimizer step used once: fully on-policy.
+    "grpo": dict(importance_sampling_level="token", loss_type="dapo", epsilon=0.2, epsilon_high=None,
+                 mini_batches=1),
+    # TRL docs, paper index, "Group Sequence Policy Optimization" (docs/source/paper_index.md, since
+    # TRL PR #3798): the ratio per sequence, exp(mean over its tokens of log pi - log pi_old);
+    # loss_type "grpo" (a mean per sequence; GRPOTrainer warns that "dapo" weights sequences by
+    # length); epsilon 3e-4 / epsilon_high 4e-4 and the rollout split into 4 mini-batches
+    # (steps_per_generation = 4 * gradient_accumulation_steps), both "GSPO paper (v2), section 5.1".
+    # The recipe's beta=0.0 is rl.beta's default already.
+    "gspo": dict(importance_sampling_level="sequence", loss_type="grpo", epsilon=3e-4, epsilon_high=4e-4,
+                 mini_batches=4),
+}
+
 
 class Trainer(ExactResume, GRPOTrainer):
     """TRL's GRPOTrainer, resuming every weight of its checkpoint and the reward counts of the
@@ -67,11 +88,54 @@ def generation_args(tcfg) -> dict:
             "vllm_gpu_memory_utilization": tcfg.vllm_gpu_memory_utilization, **extra}
 
 
+def algorithm_args(tcfg) -> dict:
+    """The GRPOConfig arguments that make rl.algorithm what it says (ALGORITHMS), with the rl.*
+    keys set explicitly winning over the algorithm's values.
+
+    grpo: TRL's defaults, on-policy, a ratio per token. gspo: TRL's documented GSPO recipe, a
+    clipped ratio per sequence over mini-batches of a generation reused off-policy. GSPO fully
+    on-policy is refused: its sequence ratio is then exactly 1, the clip never binds and the
+    gradient is GRPO's (TRL's _compute_loss skips old_per_token_logps when num_iterations == 1 and
+    steps_per_generation <= gradient_accumulation_steps)."""
+    if tcfg.algorithm not in ALGORITHMS:
+        raise ValueError(f"rl.algorithm: '{tcfg.algorithm}' is not one of {', '.join(ALGORITHMS)}")
+    algo = ALGORITHMS[tcfg.algorithm]
+
+    def pick(key):
+        value = getattr(tcfg, key)
+        return algo[key] if value is None else value
+
+    # An rl.epsilon set alone clips both sides (TRL's epsilon_high=None), not against the recipe's upper one.
+    epsilon_high = tcfg.epsilon_high if tcfg.epsilon_high is not None or tcfg.epsilon is not None \
+        else algo["epsilon_high"]
+    steps_per_generation = (algo["mini_batches"] * tcfg.grad_accum if tcfg.steps_per_generation is None
+                            else tcfg.steps_per_generation)
+    num_iterations = tcfg.num_iterations
+    if tcfg.algorithm == "gspo" and num_iterations == 1 and steps_per_generation <= tcfg.grad_accum:
+        raise ValueError(
+            f"rl.algorithm=gspo with rl.steps_per_generation={steps_per_generation} (rl.grad_accum="
+            f"{tcfg.grad_accum}) and rl.num_iterations=1 trains fully on-policy, where the sequence ratio "
+            "is 1 and GSPO is GRPO: leave rl.steps_per_generation null (4 * rl.grad_accum, TRL's GSPO "
+            "recipe) or set it above rl.grad_accum, set rl.num_iterations > 1, or use rl.algorithm=grpo")
+    return dict(importance_sampling_level=algo["importance_sampling_level"], loss_type=pick("loss_type"),
+                epsilon=pick("epsilon"), epsilon_high=epsilon_high,
+                steps_per_generation=steps_per_generation, num_iterations=num_iterations)
+
+
+def grpo_args(cfg, tcfg, out: Path, **extra) -> dict:
+    """Every GRPOConfig argument of the stage but the backend's and generation's (in `extra`)."""
+    return trainer_args(
+        cfg, tcfg, out, num_generations=tcfg.num_generations, temperature=tcfg.temperature,
+        max_completion_length=tcfg.max_completion_length, beta=tcfg.beta, log_completions=False,
+        **algorithm_args(tcfg), **extra)
+
+
 def step_series(log_history: list[dict]) -> list[dict]:
-    """The logged training steps, reduced to the reward breakdown and optimisation metrics."""
+    """The logged training steps, reduced to the reward breakdown and optimisation metrics. A
+    step that reused an earlier generation (gspo) logs no reward, only its loss, KL and clip ratios."""
     return [{"step": h["step"], **{k: round(v, 6) for k, v in h.items()
                                    if isinstance(v, float) and k.startswith(LOGGED)}}
-            for h in log_history if "reward" in h]
+            for h in log_history if "reward" in h or "loss" in h]
 
 
 def all_ranks(counts: Counter, device) -> dict:
@@ -102,8 +166,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     (final / "complete").unlink(missing_ok=True)  # until this run's final/ and metrics.json are written
     rank, world = dist.init()  # torchrun's or a submitit task's group; none for one process
     backend = backend_args(cfg, tcfg, world, "rl")  # fails on an unsupported backend before any work
-    if tcfg.algorithm not in ("grpo", "gspo"):
-        raise ValueError(f"rl.algorithm: '{tcfg.algorithm}' is not one of grpo, gspo")
+    algorithm_args(tcfg)  # fails on an unknown or no-op algorithm setting before any work
     reward = HybridReward(tcfg)
     funcs, weights = reward.funcs()
     init = Path(tcfg.init) if tcfg.init else paths.model("sft")
@@ -112,11 +175,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     model = load_model(init, cfg.model, cfg.backend.dtype)
     dataset, stats = rl_prompts(tok, paths.shards("rl"), tcfg.max_prompt_length)
     tracker = Tracker(cfg, "rl", out) if rank == 0 else None
-    args = GRPOConfig(**trainer_args(
-        cfg, tcfg, out, num_generations=tcfg.num_generations, temperature=tcfg.temperature,
-        max_completion_length=tcfg.max_completion_length, beta=tcfg.beta, epsilon=tcfg.epsilon,
-        importance_sampling_level="sequence" if tcfg.algorithm == "gspo" else "token",
-        reward_weights=weights, log_completions=False, **generation_args(tcfg), **backend))
+    args = GRPOConfig(**grpo_args(cfg, tcfg, out, reward_weights=weights, **generation_args(tcfg), **backend))
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tok, reward_funcs=funcs)
     check_world(trainer, world, cfg.backend.name, "rl")
     resume = resume_arg(tcfg.resume, out / "checkpoints")
@@ -131,6 +190,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     if tracker is None:
         return {}
     steps = step_series(trainer.state.log_history)
+    rewarded = [s for s in steps if "reward" in s]
     summary = tracker.finish({
         **stats, "init": str(init), "algorithm": tcfg.algorithm, "steps": trainer.state.global_step,
         "backend": cfg.backend.name, "data_parallel": trainer.args.world_size,
@@ -138,9 +198,9 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         "judge_calls": counts.get("judged", 0), "judge_failed": counts.get("judge_failed", 0),
         "judge_failure_rate": counts["judge_failed"] / counts["judged"] if counts.get("judged") else None,
         "guard_flagged": counts.get("guarded", 0), "scored_completions": counts.get("samples", 0),
-        "reward_first": steps[0]["reward"] if steps else None,
-        "reward_last": steps[-1]["reward"] if steps else None,
-        "reward_curve": [round(s["reward"], 4) for s in steps], "per_step": steps,
+        "reward_first": rewarded[0]["reward"] if rewarded else None,
+        "reward_last": rewarded[-1]["reward"] if rewarded else None,
+        "reward_curve": [round(s["reward"], 4) for s in rewarded], "per_step": steps,
         "checkpoint": str(final)})
     mark_complete(final)
     return summary

@@ -39,8 +39,8 @@ class ScriptedJudge:
             elif "\\boxed" in r.messages[0]["content"]:
                 out.append("Reasoning... \\boxed{A}")
             else:
-                out.append('<evaluation>{"format": 5, "factuality": 3, "consistency": 4, '
-                           '"realism": 4, "quality": 4}</evaluation>')
+                out.append('<final_evaluation>{"scores": {"format": 5, "factuality": 3, "consistency": 4, '
+                           '"realism": 4, "quality": 4}}</final_evaluation>')
         return out
 
 

@@ -45,13 +45,13 @@ def test_published_overall_is_the_macro_mean():
 
 
 def test_judge_output_parsing():
-    ok = 'Good format.\n<evaluation>{"format": 4, "factuality": 2, "consistency": 3, ' \
-         '"realism": 3, "quality": 3, "strengths": ["layout"]}</evaluation>'
+    ok = 'Good format.\n<final_evaluation>{"scores": {"format": 4, "factuality": 2, "consistency": 3, ' \
+         '"realism": 3, "quality": 3}, "strengths": ["layout"]}</final_evaluation>'
     parsed = parse_rubric(ok)
     assert parsed["consistency"] == 3 and parsed["total_score"] == pytest.approx(3.0)
     assert parsed["strengths"] == ["layout"]
     # strict: every dimension, a score from 1 to 5, in the final answer (tests/test_faults_judge.py)
-    assert parse_rubric(ok.replace('"consistency": 3', '"consistency": 9')) is None
+    assert parse_rubric(ok.replace('"consistency": 3', '"consistency": 0')) is None
     assert parse_rubric("format: 5, factuality: 4") is None
     assert parse_rubric("I cannot judge this.") is None
     assert parse_boxed("A looks real... final: \\boxed{B}") == "B"

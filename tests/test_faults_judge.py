@@ -30,26 +30,25 @@ from tests.conftest import DATA, make_cfg
 from tests.helpers.endpoints import exact_judge, serve, stop
 
 BENCH = DATA / "eval" / "bench"
-TRUNCATED = '{"format": 5, "factuality": '
-THREES = ('<evaluation>{"format": 3, "factuality": 3, "consistency": 3, "realism": 3, '
-          '"quality": 3}</evaluation>')
+TRUNCATED = '{"scores": {"format": 5, "factuality": '
+THREES = ('<final_evaluation>{"scores": {"format": 3, "factuality": 3, "consistency": 3, "realism": 3, '
+          '"quality": 3}}</final_evaluation>')
 
 # Answers that are not a judgement: each must be a failed one, never a score.
 NOT_A_JUDGEMENT = {
     "truncated JSON": TRUNCATED,
-    "truncated in the block": "Looks fine.\n<evaluation>" + TRUNCATED,
-    "block never closed": '<evaluation>{"format": 5, "factuality": 5, "consistency": 5, "realism": 5, '
-                          '"quality": 5',
-    "fields missing": '<evaluation>{"format": 5, "factuality": 4}</evaluation>',
-    "non-numeric": '<evaluation>{"format": 5, "factuality": "good", "consistency": 5, "realism": 5, '
-                   '"quality": 5}</evaluation>',
-    "out of range": '<evaluation>{"format": 5, "factuality": 9, "consistency": 5, "realism": 5, '
-                    '"quality": 5}</evaluation>',
+    "truncated in the block": "Looks fine.\n<final_evaluation>" + TRUNCATED,
+    "block never closed and cut": '<final_evaluation>{"scores": {"format": 5, "factuality": 5, '
+                                  '"consistency": 5, "realism": 5, "quality": 5',
+    "fields missing": '<final_evaluation>{"scores": {"format": 5, "factuality": 4}}</final_evaluation>',
+    "non-numeric": '<final_evaluation>{"scores": {"format": 5, "factuality": "good", "consistency": 5, '
+                   '"realism": 5, "quality": 5}}</final_evaluation>',
     "empty reply": "",
     "prose": "format: 5, factuality: 5",
     # a complete example in the reasoning does not stand in for a final answer cut short
-    "example then cut": 'e.g. <evaluation>{"format": 5, "factuality": 5, "consistency": 5, '
-                        '"realism": 5, "quality": 5}</evaluation> so: <evaluation>{"format": 2, ',
+    "example then cut": 'e.g. <final_evaluation>{"scores": {"format": 5, "factuality": 5, "consistency": 5, '
+                        '"realism": 5, "quality": 5}}</final_evaluation> so: <final_evaluation>{"scores": '
+                        '{"format": 2, ',
 }
 
 
@@ -59,12 +58,12 @@ def test_an_incomplete_answer_is_not_a_judgement(answer):
 
 
 def test_complete_answers_parse():
-    parsed = parse_rubric("Reasoning.\n" + THREES.replace('"quality": 3', '"quality": 4, "strengths": ["x"]'))
+    parsed = parse_rubric("Reasoning.\n" + THREES.replace('"quality": 3}', '"quality": 4}, "strengths": ["x"]'))
     assert parsed["total_score"] == pytest.approx(3.2) and parsed["strengths"] == ["x"]
     # untagged JSON as the whole final answer, and a fenced block inside the tags
-    assert parse_rubric('{"format": 1, "factuality": 1, "consistency": 1, "realism": 1, "quality": 1}')
-    assert parse_rubric('<evaluation>```json\n{"format": 2, "factuality": 2, "consistency": 2, '
-                        '"realism": 2, "quality": 2}\n```</evaluation>')["total_score"] == 2.0
+    assert parse_rubric('{"scores": {"format": 1, "factuality": 1, "consistency": 1, "realism": 1, "quality": 1}}')
+    assert parse_rubric('<final_evaluation>```json\n{"scores": {"format": 2, "factuality": 2, "consistency": 2, '
+                        '"realism": 2, "quality": 2}}\n```</final_evaluation>')["total_score"] == 2.0
     # A/B: the final boxed answer decides; a last one that is not a side is no answer
     assert parse_boxed("\\boxed{A} on reflection \\boxed{B}") == "B"
     assert parse_boxed("\\boxed{A} on reflection \\boxed{C}") is None
@@ -188,7 +187,8 @@ class SwitchableJudge:
         with self.lock:
             self.calls += len(requests)
         cut = lambda r: self.truncate and self.only in r.messages[-1]["content"]
-        return [('<evaluation>{"format": 5, "factuality": ' if cut(r) else THREES) for r in requests]
+        return [('<final_evaluation>{"scores": {"format": 5, "factuality": ' if cut(r) else THREES)
+                for r in requests]
 
 
 def judge_eval(run, judge_url, model_url):
@@ -336,8 +336,8 @@ def test_teacher_candidates_with_failed_judgements_are_judged_again(run_copy):
 def test_exact_judge_double_still_parses():
     """The shared double answers in the strict format (other tests rely on it)."""
     class R:
-        messages = [{"role": "user", "content": "# Predicted observation (world model)\n```\nx\n```\n"
-                     "# Real observation (environment)\n```\nx\n```"}]
+        messages = [{"role": "user", "content": "**World Model Output (Simulated):**\n```\nx\n```\n"
+                     "**Ground Truth (Real Output):**\n```\nx\n```"}]
     assert parse_rubric(exact_judge([R()])[0])["total_score"] == 5.0
 
 

@@ -38,15 +38,14 @@ def mcp_trajectory() -> Trajectory:
                Step("plain text action", "<predicted_observation> inside")])
 
 
-@pytest.mark.parametrize("max_history", [None, 1])
-def test_agentworldbench_round_trip(tmp_path, max_history):
+def test_agentworldbench_round_trip(tmp_path):
     trajs = load_trajectories(DATA / "terminal_trajectories.jsonl")[:3] + [mcp_trajectory()]
     src = tmp_path / "bench.jsonl"
     with open(src, "w") as f:
         for traj in trajs:
             domain = get_domain(traj.domain)
             for t in range(len(traj.steps), 0, -1):   # any order
-                f.write(json.dumps(render.agentworldbench_record(domain, traj, t, max_history)) + "\n")
+                f.write(json.dumps(render.agentworldbench_record(domain, traj, t)) + "\n")
     summary = ingest(make_cfg("agentworldbench", src), RunPaths(tmp_path / "run"))
     assert summary["trajectories"] == len(trajs) and summary["quarantined"] == 0
     back = {t.id: t for t in load_trajectories(tmp_path / "run/ingest/agentworldbench.jsonl")}
@@ -60,8 +59,9 @@ def test_agentworldbench_round_trip(tmp_path, max_history):
 def test_agentworldbench_missing_turn_is_quarantined(tmp_path):
     traj = mcp_trajectory()
     src = tmp_path / "bench.jsonl"
-    rec = render.agentworldbench_record(get_domain("mcp"), traj, 3, max_history=0)
-    src.write_text(json.dumps(rec) + "\n")   # turns 1 and 2 are in no sample
+    prompt, answer = render.turn_messages(get_domain("mcp"), traj, 3, max_history=0)
+    rec = {"task": "mcp", "id": f"{traj.id}-t3", "prompt": prompt, "response": [answer]}
+    src.write_text(json.dumps(rec) + "\n")   # our older layout: turns 1 and 2 are in no sample
     summary = ingest(make_cfg("agentworldbench", src, name="partial"), RunPaths(tmp_path))
     assert summary["trajectories"] == 0 and summary["quarantined"] == 1
     reason = json.loads((tmp_path / "ingest/quarantine/partial.jsonl").read_text())

@@ -34,9 +34,12 @@ def test_eval_record_fields():
     traj, dom = _traj(), get_domain("terminal")
     rec = render.agentworldbench_record(dom, traj, 2)
     assert set(rec) == {"task", "id", "prompt", "response", "current_prompt", "system_str",
-                        "turn_idx", "total_turns"}
-    assert rec["current_prompt"] == rec["prompt"][-1]["content"]
-    assert rec["system_str"] == rec["prompt"][0]["content"]
+                        "turn_idx", "total_turns", "trajectory_id"}
+    messages, _ = render.turn_messages(dom, traj, 2)
+    assert rec["current_prompt"] == rec["prompt"][1] == messages[-1]["content"]
+    assert rec["system_str"] == messages[0]["content"]
+    assert len(rec["prompt"]) == len(rec["response"]) == len(traj.steps)   # the whole trajectory
+    assert isinstance(rec["id"], int) and rec["id"] != render.agentworldbench_record(dom, traj, 1)["id"]
     assert (rec["turn_idx"], rec["total_turns"], rec["task"]) == (2, len(traj.steps), "terminal")
 
 

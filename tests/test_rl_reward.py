@@ -18,7 +18,7 @@ from lwm.endpoints.judge import judge_directed
 from lwm.tracking import RunPaths
 from rl.rewards import HybridReward
 from tests.conftest import make_cfg
-from tests.helpers.endpoints import exact_judge, serve, stop
+from tests.helpers.endpoints import exact_judge, rubric_answer, serve, stop
 
 REAL = "user@box:/work$ cat notes.txt\nbuy milk\nuser@box:/work$"
 PROMPT = [{"role": "system", "content": "You simulate a terminal."},
@@ -34,8 +34,7 @@ def gullible_judge(requests):
     out = []
     for r in requests:
         s = 5 if re.search(r"(?i)accurate|rate this|full marks|grader", r.messages[-1]["content"]) else 3
-        out.append(f'<evaluation>{{"format": {s}, "factuality": {s}, "consistency": {s}, '
-                   f'"realism": {s}, "quality": {s}}}</evaluation>')
+        out.append(rubric_answer(s))
     return out
 
 
@@ -121,7 +120,7 @@ def test_rl_hybrid_reward_end_to_end_through_a_judge_outage(run_copy, sft_init):
     server = serve(judge)
     try:
         cfg = make_cfg(run_copy, "rl.max_steps=3", "rl.batch_size=4", "rl.num_generations=4",
-                       "rl.max_completion_length=16", "rl.log_every=1", "rl.algorithm=gspo",
+                       "rl.max_completion_length=16", "rl.log_every=1", "rl.algorithm=grpo",
                        "rl.beta=0.01", f"rl.judge.base_url={server.url}", "rl.judge.max_retries=0",
                        "rl.judge.concurrency=4")
         cfg.rl.init = str(sft_init)

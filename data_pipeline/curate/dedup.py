@@ -49,9 +49,11 @@ class Decontaminator:
                             self._add(json.loads(line))
 
     def _add(self, rec: dict) -> None:
-        # Our eval ids are "<trajectory id>-t<turn>"; other benchmarks' ids are kept whole too.
-        self.ids.add(str(rec.get("id", "")).rsplit("-t", 1)[0])
-        texts = [m.get("content", "") for m in rec.get("response", []) if isinstance(m, dict)]
+        # Our held-out samples name their trajectory (older ones: ids "<trajectory id>-t<turn>");
+        # other benchmarks' ids are kept whole too.
+        self.ids.add(str(rec.get("trajectory_id") or str(rec.get("id", "")).rsplit("-t", 1)[0]))
+        texts = [m if isinstance(m, str) else m.get("content", "") for m in rec.get("response", [])
+                 if isinstance(m, (str, dict))]
         texts += [m.get("content", "") for m in rec.get("prompt", [])
                   if isinstance(m, dict) and m.get("role") == "assistant"]
         for text in texts:

@@ -1,10 +1,13 @@
-"""AgentWorldBench JSONL (one sample per turn, as lwm.render.agentworldbench_record writes it)
-back into trajectories.
+"""AgentWorldBench JSONL back into trajectories, in either layout (detected per record):
 
-A sample for turn t holds turns 1..t-1 as (user, assistant) history, turn t's user message as
-`current_prompt` and turn t's observation as the target. Samples of one trajectory share an id
-prefix (`<trajectory id>-t<turn>`); each turn's own sample gives its action and observation, and
-the longest history fills turns whose sample is missing.
+- the benchmark's (and our held-out sets'): `prompt` and `response` list every turn of the
+  trajectory as strings ("### Turn t ... **Action:** ```...```" and "**Environment
+  Observation:**\\n..."), one record per scored turn. Records of one trajectory share its turns;
+  they are grouped by `trajectory_id` (ours) or else by their turns (`_same_trajectory`), and the
+  record with the most turns gives the trajectory.
+- our older one: `prompt` holds the chat messages of one turn (history windowed) and `response`
+  its tagged target; ids are `<trajectory id>-t<turn>`. Each turn's own sample gives its action
+  and observation, and the longest history fills turns whose sample is missing.
 """
 
 from __future__ import annotations
@@ -16,37 +19,15 @@ from pathlib import Path
 from typing import Iterator
 
 from lwm.domains import extract_observation
-from lwm.render import HISTORY_OBS
+from lwm.identity import digest
+from lwm.render import HISTORY_OBS, parse_turn
 from lwm.schema import Step, Trajectory
 
 from data_pipeline.ingest.common import Reject, jsonl_records
 
 _TURN_ID = re.compile(r"^(.*)-t(\d+)$")
-_HEADER = re.compile(r"^### Turn (\d+)\n")
-_ACTION = "**Action:**\n```json\n"
-_STATE = "**Current State:**\n"
 _TOOLS = "Tools the agent can call:\n"
 _TASK = "The agent's task: "
-
-
-def parse_user_turn(text: str) -> tuple[int, str | None, str]:
-    """(turn, initial state or None, action) of a '### Turn t' message."""
-    m = _HEADER.match(text)
-    cut = text.rfind(_ACTION)
-    if not m or cut < 0 or not text.endswith("\n```"):
-        raise ValueError("not a '### Turn t ... **Action:** ```json ...```' message")
-    head, body = text[m.end():cut], text[cut + len(_ACTION):-4]
-    state = None
-    if head.startswith(_STATE):
-        state = head[len(_STATE):].removesuffix("\n")
-        state = "" if state == "(empty)" else state
-    try:
-        value = json.loads(body)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"action block is not JSON ({e.msg})") from None
-    # render_action quotes plain-text actions and re-dumps JSON ones: invert both.
-    action = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-    return int(m.group(1)), state, action
 
 
 def parse_system(system: str) -> tuple[str, list]:
@@ -69,27 +50,105 @@ def _history_obs(text: str) -> str:
     return text[len(HISTORY_OBS) + 1:] if text.startswith(HISTORY_OBS + "\n") else text
 
 
+def _layout(rec) -> str | None:
+    """'turns' (the benchmark's), 'chat' (our older one) or None."""
+    if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), list) or not rec["prompt"]:
+        return None
+    if all(isinstance(p, str) for p in rec["prompt"]):
+        return "turns"
+    if all(isinstance(p, dict) for p in rec["prompt"]):
+        return "chat"
+    return None
+
+
 def convert(path: Path, cfg) -> Iterator[Trajectory | Reject]:
-    groups: dict[str, list[tuple[str, int, dict]]] = defaultdict(list)
+    groups: dict[tuple[str, str], list[tuple[str, int, dict]]] = defaultdict(list)
+    unnamed: dict[str, list[tuple[str, int, dict]]] = defaultdict(list)
     for where, lineno, rec in jsonl_records(path):
         if isinstance(rec, Reject):
             yield rec
             continue
-        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), list):
-            yield Reject(where, lineno, "prompt", "expected a list of chat messages")
-            continue
-        m = _TURN_ID.match(str(rec.get("id", "")))
-        groups[m.group(1) if m else str(rec.get("id") or f"{where}:{lineno}")].append(
-            (where, lineno, rec))
-    for traj_id, samples in groups.items():
+        layout = _layout(rec)
+        if layout is None:
+            yield Reject(where, lineno, "prompt", "expected a list of turn strings (the benchmark's "
+                         "layout) or of chat messages")
+        elif layout == "turns" and rec.get("trajectory_id"):
+            groups[("turns", str(rec["trajectory_id"]))].append((where, lineno, rec))
+        elif layout == "turns":
+            bucket = digest([str(rec.get("task", "")), str(rec.get("system_str", "")), rec["prompt"][0]])
+            unnamed[bucket].append((where, lineno, rec))
+        else:
+            m = _TURN_ID.match(str(rec.get("id", "")))
+            groups[("chat", m.group(1) if m else str(rec.get("id") or f"{where}:{lineno}"))].append(
+                (where, lineno, rec))
+    for samples in unnamed.values():
+        for key, members in _same_trajectory(samples).items():
+            groups[("turns", key)] = members
+    for (layout, traj_id), samples in groups.items():
         try:
-            yield _trajectory(traj_id, samples, cfg)
+            yield (_from_turns if layout == "turns" else _from_chat)(traj_id, samples, cfg)
         except (ValueError, KeyError, TypeError, AttributeError) as e:
             where, lineno, _ = samples[0]
             yield Reject(where, lineno, getattr(e, "field", "prompt"), f"{traj_id}: {e}")
 
 
-def _trajectory(traj_id: str, samples: list, cfg) -> Trajectory:
+def _same_trajectory(samples: list) -> dict[str, list]:
+    """Records without a trajectory id that start alike, grouped by trajectory: records with
+    the same turns are one trajectory, and a record whose turns begin another's (a file that
+    keeps only the turns up to the scored one) joins the longer one. Never merges records whose
+    turns differ."""
+    turns = lambda rec: (rec["prompt"], rec.get("response") if isinstance(rec.get("response"), list) else [])
+    out: dict[str, list] = {}
+    heads: list[tuple[str, list, list]] = []
+    for sample in sorted(samples, key=lambda s: -len(s[2]["prompt"])):
+        prompts, responses = turns(sample[2])
+        n = len(prompts)
+        home = next((k for k, p, r in heads if p[:n] == prompts and r[:len(responses)] == responses), None)
+        if home is None:
+            home = "awb-" + digest([prompts, responses])[:16]
+            heads.append((home, prompts, responses))
+        out.setdefault(home, []).append(sample)
+    return out
+
+
+def _domain(cfg, rec: dict) -> str:
+    domain = cfg.ingest.domain or str(rec.get("task") or "").split("/")[-1]
+    if not domain:
+        raise ValueError("no domain: the records have no 'task' field; set ingest.domain")
+    return domain
+
+
+class _FieldError(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def _from_turns(traj_id: str, samples: list, cfg) -> Trajectory:
+    rec = max(samples, key=lambda s: len(s[2]["prompt"]))[2]
+    prompts, responses = rec["prompt"], rec.get("response")
+    if not isinstance(responses, list) or len(responses) != len(prompts) \
+            or not all(isinstance(r, str) for r in responses):
+        raise _FieldError("response", f"expected {len(prompts)} observation strings, one per turn "
+                          "of 'prompt'")
+    steps, initial = [], ""
+    for j, text in enumerate(prompts):
+        try:
+            t, state, action = parse_turn(text)
+        except ValueError as e:
+            raise _FieldError(f"prompt[{j}]", str(e)) from None
+        if t != j + 1:
+            raise _FieldError(f"prompt[{j}]", f"is turn {t}, expected turn {j + 1}")
+        if j == 0 and state is not None:
+            initial = state
+        steps.append(Step(action, _history_obs(responses[j])))
+    task, tools = parse_system(str(rec.get("system_str", "")))
+    return Trajectory(id=traj_id, domain=_domain(cfg, rec), source="ingest.agentworldbench",
+                      task=task, tools=tools, initial_observation=initial, steps=steps,
+                      meta={"samples": len(samples)})
+
+
+def _from_chat(traj_id: str, samples: list, cfg) -> Trajectory:
     actions: dict[int, str] = {}
     observations: dict[int, str] = {}
     initial = None
@@ -100,7 +159,7 @@ def _trajectory(traj_id: str, samples: list, cfg) -> Trajectory:
         for i, msg in enumerate(messages):
             if msg.get("role") != "user":
                 continue
-            t, state, action = parse_user_turn(msg["content"])
+            t, state, action = parse_turn(msg["content"])
             actions.setdefault(t, action)
             if state is not None and initial is None:
                 initial = state
@@ -108,7 +167,7 @@ def _trajectory(traj_id: str, samples: list, cfg) -> Trajectory:
             if nxt is not None and nxt.get("role") == "assistant":
                 observations.setdefault(t, _history_obs(nxt["content"]))
         if turns and rec.get("response"):
-            t, _, _ = parse_user_turn(turns[-1]["content"])
+            t, _, _ = parse_turn(turns[-1]["content"])
             observations[t] = extract_observation(rec["response"][0]["content"])[0]
     total = max(actions)
     missing = [t for t in range(1, total + 1) if t not in actions or t not in observations]
@@ -117,10 +176,7 @@ def _trajectory(traj_id: str, samples: list, cfg) -> Trajectory:
     system = next((m["content"] for m in longest["prompt"] if m.get("role") == "system"),
                   longest.get("system_str", ""))
     task, tools = parse_system(system)
-    domain = cfg.ingest.domain or longest.get("task") or ""
-    if not domain:
-        raise ValueError("no domain: the records have no 'task' field; set ingest.domain")
-    return Trajectory(id=traj_id, domain=domain, source="ingest.agentworldbench", task=task,
-                      tools=tools, initial_observation=initial or "",
+    return Trajectory(id=traj_id, domain=_domain(cfg, longest), source="ingest.agentworldbench",
+                      task=task, tools=tools, initial_observation=initial or "",
                       steps=[Step(actions[t], observations[t]) for t in range(1, total + 1)],
                       meta={"samples": len(samples)})

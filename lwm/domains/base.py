@@ -31,12 +31,73 @@ class ActionError(ValueError):
     """An action that is not well formed in its domain's grammar (the environment cannot run it)."""
 
 
-_THINK = re.compile(r"<think>.*?</think>", re.S)
+_THINK_TAG = re.compile(r"<(/?)think>", re.I)
+HISTORY_OBS = "**Environment Observation:**"  # the marker of a real observation in a turn history
+OBS_TAG = "predicted_observation"
+
+
+def strip_reasoning(text: str | None, answer_tag: str = "") -> str:
+    """`text` without its reasoning, as AgentWorldBench's evaluation removes it.
+
+    Every <think> is paired with the first unpaired </think> after it and the span between them
+    goes (nested blocks merge into one span); a </think> left without an opening removes
+    everything before it; a <think> left open removes everything after it, up to the first
+    <answer_tag> after it when one is given (the answer survives unclosed reasoning). Tags match
+    in any case. Text with no think tag comes back as it is, otherwise stripped.
+    """
+    text = text or ""
+    tags = [(m.start(), m.end(), not m.group(1)) for m in _THINK_TAG.finditer(text)]
+    if not tags:
+        return text
+    paired = [False] * len(tags)
+    spans = []
+    for i, (start, _, opening) in enumerate(tags):
+        if not opening:
+            continue
+        close = next((j for j in range(i + 1, len(tags)) if not paired[j] and not tags[j][2]), None)
+        if close is not None:
+            paired[i] = paired[close] = True
+            spans.append((start, tags[close][1]))
+    answer = re.compile(f"<{re.escape(answer_tag)}>", re.I) if answer_tag else None
+    for i, (start, end, opening) in enumerate(tags):
+        if paired[i]:
+            continue
+        if not opening:
+            spans.append((0, end))
+        else:
+            found = answer.search(text, start) if answer else None
+            spans.append((start, found.start() if found else len(text)))
+    kept, pos = [], 0
+    for start, end in sorted(spans):
+        if start > pos:
+            kept.append(text[pos:start])
+        pos = max(pos, end)
+    kept.append(text[pos:])
+    return "".join(kept).strip()
 
 
 def without_reasoning(reply: str | None) -> str:
-    """A model reply with its <think>...</think> blocks removed."""
-    return _THINK.sub("", reply or "")
+    """A model reply with its reasoning removed (strip_reasoning without an answer tag)."""
+    return strip_reasoning(reply)
+
+
+def last_tagged(text: str, tag: str) -> str | None:
+    """The content of the last <tag> block of `text` (tags in any case; an unclosed last block
+    runs to the end), stripped; None when there is no <tag>."""
+    opens = list(re.finditer(f"<{re.escape(tag)}>", text, re.I))
+    if not opens:
+        return None
+    start = opens[-1].end()
+    close = re.compile(f"</{re.escape(tag)}>", re.I).search(text, start)
+    return text[start:close.start() if close else len(text)].strip()
+
+
+def clean_marker(text: str) -> str:
+    """An observation without its "**Environment Observation:**" marker, stripped, as the
+    benchmark cleans references and predictions before judging them."""
+    if text.startswith(HISTORY_OBS):
+        return text[len(HISTORY_OBS):].strip()
+    return text.replace(HISTORY_OBS, "").strip()
 
 
 def json_values(reply: str | None, opener: str):
@@ -49,20 +110,29 @@ def json_values(reply: str | None, opener: str):
             yield decoder.raw_decode(text, match.start())[0]
         except json.JSONDecodeError:
             continue
-_TAGGED = re.compile(re.escape(OBS_OPEN) + r"(.*?)(?:" + re.escape(OBS_CLOSE) + r"|\Z)", re.S)
 
 
-def extract_observation(text: str) -> tuple[str, bool]:
-    """The predicted observation in a model reply, and whether it was tagged.
+def parse_output(reply: str | None) -> tuple[str, bool]:
+    """What a world model's reply predicts, as AgentWorldBench's parser reads it, and whether it
+    was tagged: reasoning removed (strip_reasoning, with <predicted_observation> as the answer
+    boundary), then the last <predicted_observation> block, else the whole remaining text."""
+    text = strip_reasoning(reply, OBS_TAG)
+    block = last_tagged(text, OBS_TAG)
+    return (text.strip(), False) if block is None else (block, True)
 
-    Reasoning (<think>...</think>, or anything before the tag) is never part of the result; the
-    last tagged block wins, as in AgentWorldBench's parser; untagged text is the fallback.
-    """
-    text = without_reasoning(text)
-    blocks = _TAGGED.findall(text)
-    if blocks:
-        return blocks[-1].strip("\n"), True
-    return text.replace("**Environment Observation:**", "").strip("\n"), False
+
+def extract_observation(text: str | None) -> tuple[str, bool]:
+    """The predicted observation in a model reply (parse_output, marker removed), and whether it
+    was tagged. Reasoning is never part of it."""
+    obs, tagged = parse_output(text)
+    return clean_marker(obs), tagged
+
+
+def observation_for_judge(reply: str | None) -> str:
+    """The prediction a judge is shown, exactly as the benchmark's evaluation builds it: an empty
+    reply, or an untagged one with nothing left once reasoning is removed, reads "No output"."""
+    obs, tagged = parse_output(reply)
+    return clean_marker(obs if (reply and (tagged or obs)) else "No output")
 
 
 @dataclass
@@ -89,6 +159,12 @@ class Domain:
     error_pattern: re.Pattern = ERROR
     judge_guide: str = ""         # the judge's paragraph; empty: JUDGE_GUIDES/<name>.txt if any
     demo_actions: tuple[str, ...] = ()  # plausible actions in action_format, for demos and tests
+    # How a turn renders (lwm/render.py), as the benchmark's turns do: the fence of the action
+    # block ("json": the action as JSON indented by 2; "python": code actions as written), and
+    # whether turn 1 shows the initial state under **Current State:** (None: every domain but
+    # the tool domains, whose calls start from no visible state).
+    action_language: str = "json"
+    state_block: bool | None = None
 
     # System-prompt variants: the recipe trains RL on variant 0, CPT on variant 1 and SFT on
     # the others (drawn per sample) so the model does not overfit one phrasing. Each variant
@@ -126,10 +202,17 @@ class Domain:
             parts.append(f"Simulation instruction: {instruction}")
         return "\n\n".join(parts)
 
+    def shows_state(self) -> bool:
+        """Whether turn 1 renders the initial state (see `state_block`)."""
+        return self.kind != "tool" if self.state_block is None else self.state_block
+
     def render_action(self, action: str) -> str:
-        """The action as the JSON block body: compact JSON kept as is, plain text quoted."""
+        """The body of the action block: JSON indented by 2 (plain text as a JSON string), or
+        the action as written for a code fence."""
+        if self.action_language != "json":
+            return action
         try:
-            return json.dumps(json.loads(action), ensure_ascii=False, indent=None)
+            return json.dumps(json.loads(action), ensure_ascii=False, indent=2)
         except (json.JSONDecodeError, TypeError):
             return json.dumps(action, ensure_ascii=False)
 

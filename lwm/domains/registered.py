@@ -50,6 +50,7 @@ class OsDomain(Domain):
     action_format = "pyautogui Python code, e.g. pyautogui.click(120, 48) or pyautogui.typewrite('x')"
     observation_format = "the linearised accessibility tree: tag, name, text, position and size per node"
     demo_actions = ("pyautogui.click(120, 48)", "pyautogui.typewrite('hello')")
+    action_language = "python"  # the benchmark's OS turns hold the code in a Python block
 
     def check_action(self, action: str) -> None:
         """Non-empty Python source; a syntax error is data (Python reports it), a NUL byte is not."""

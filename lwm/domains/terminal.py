@@ -56,9 +56,9 @@ class TerminalDomain(Domain):
 
     def render_action(self, action: str) -> str:
         try:
-            return json.dumps(json.loads(action), ensure_ascii=False)
+            return json.dumps(json.loads(action), ensure_ascii=False, indent=2)
         except json.JSONDecodeError:
-            return json.dumps([{"keystrokes": action, "duration": 1.0}])
+            return json.dumps([{"keystrokes": action, "duration": 1.0}], indent=2)
 
     def check_format(self, observation: str) -> float:
         """Half for fitting the screen, half for the shell prompt: on the last line (the shell

@@ -2,17 +2,18 @@
 and the SFT teacher: the five-dimension rubric, the Turing test and the reference comparison
 (both A/B, answered as \\boxed{}), and the guard against text aimed at the judge.
 
-Prompts are ours (lwm/endpoints/prompts/) unless a judge's `prompts` names a folder; a file there
-replaces ours of the same name, and `<domain>/judge_system_prompt.txt` (the benchmark's layout)
-replaces the rubric's system prompt for that domain. Training (`Judge`: RL reward, SFT teacher)
-also appends the domain's judge paragraph (Domain.judge_paragraph, by default
-prompts/domains/<name>.txt) on what is deterministic (judged strictly) and what is pre-existing
-or runtime content (judged for plausibility); eval keeps the benchmark's prompts as they are, so
-its scores stay comparable.
+Prompts (class Prompts) are ours, per domain (lwm/endpoints/prompts/: the rubric's system prompt
+with the domain's description, observation format and judging paragraph on what is deterministic
+and what is pre-existing or runtime content, score anchors and a rule against manipulation; the
+user prompt asks for the benchmark's answer format), unless a judge's `prompts` names a folder:
+a local copy of the benchmark's prompts/ gives its per-domain judge prompts and its own user
+template, filled as its evaluation fills it. Eval, the RL reward and the SFT teacher judge with
+the same prompts.
 
 A judgement is valid only when every field parses from the judge's final answer (`read_answer`,
-the one parser: a rubric answer's five scores, an A/B answer's last \\boxed{}); a reply cut off
-by max_tokens, a missing or non-numeric score, an empty reply are asked again, then count as a
+the one parser: a rubric answer's five scores from its <final_evaluation> block, read as the
+benchmark reads them; an A/B answer's last \\boxed{}); a reply cut off by max_tokens, a missing
+or non-numeric score, an empty reply are asked again, then count as a
 failed judgement: reward 0 in RL, left out of eval's score and counted there. `judge_all`
 appends judgements to a file as they arrive, keyed by what was asked, so a killed run continues
 where it stopped and a rerun asks again exactly the failed ones and those whose question changed.
@@ -20,6 +21,7 @@ where it stopped and a rerun asks again exactly the failed ones and those whose 
 
 from __future__ import annotations
 
+import ast
 import json
 import logging
 import random
@@ -28,6 +30,7 @@ from pathlib import Path
 from statistics import mean
 
 from lwm.domains import get_domain
+from lwm.domains.base import last_tagged, strip_reasoning
 from lwm.endpoints.client import ChatClient, EndpointError, run_concurrent
 from lwm.endpoints.sample import view
 from lwm.tracking import complete_rows
@@ -36,7 +39,7 @@ from lwm.identity import digest
 log = logging.getLogger("lwm.endpoints")
 PROMPTS = Path(__file__).parent / "prompts"
 DIMENSIONS = ("format", "factuality", "consistency", "realism", "quality")
-_OPEN, _CLOSE = "<evaluation>", "</evaluation>"
+ANSWER_TAG = "final_evaluation"  # the benchmark judge's answer block
 _BOXED = re.compile(r"\\boxed\{\s*([^{}]*?)\s*\}")
 
 
@@ -55,35 +58,83 @@ def fill(template: str, **fields) -> str:
     return template
 
 
-class Prompts:
-    """The judge's chat messages per kind (rubric, turing, reference) and domain; with
-    domain_guides, the rubric's system prompt ends with the domain's judging paragraph."""
+def judge_fields(item: dict) -> dict:
+    """The fields of a judge's user prompt, laid out as the benchmark's judge-message builder
+    lays them out (context headed and ending in a blank line, or empty on turn 1; the current
+    turn; the prediction and the real observation in code fences), plus the raw parts for the
+    A/B templates."""
+    history = item["history"]
+    return {"context": f"# Context (Historical Interactions):\n\n{history}\n\n" if history else "",
+            "world_model_input": f"# Current Turn:\n\n{item['current']}",
+            "predicted_observation": f"**World Model Output (Simulated):**\n```\n{item['prediction']}\n```",
+            "ground_truth": f"**Ground Truth (Real Output):**\n```\n{item['reference']}\n```",
+            "current": item["current"], "prediction": item["prediction"], "reference": item["reference"]}
 
-    def __init__(self, folder: str | Path = "", domain_guides: bool = False):
+
+# Where the benchmark's repository keeps its judge's user template (a Python string constant),
+# relative to its prompts/ folder or to the repository itself.
+_BENCH_TEMPLATE = ("../eval/lwm_eval_utils/task_configs.py", "eval/lwm_eval_utils/task_configs.py")
+_BENCH_FIELDS = ("context", "world_model_input", "predicted_observation", "ground_truth")
+
+
+def _benchmark_template(folder: Path) -> str | None:
+    """JUDGE_USER_PROMPT of a local copy of the benchmark's repository, read as data (the file
+    is parsed, never run); None when the folder is not in such a copy."""
+    for rel in _BENCH_TEMPLATE:
+        path = folder / rel
+        if not path.exists():
+            continue
+        for node in ast.parse(path.read_text(encoding="utf-8")).body:
+            if (isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "JUDGE_USER_PROMPT"
+                                                     for t in node.targets)
+                    and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str)):
+                return node.value.value
+    return None
+
+
+class Prompts:
+    """The judge's chat messages per kind (rubric, turing, reference) and domain, the same for
+    eval and training. Ours (lwm/endpoints/prompts/) are per domain: the rubric's system prompt
+    carries the domain's description, observation format and judging paragraph. A `folder`
+    overrides them: a file there replaces ours of the same name, `<domain>/judge_system_prompt.txt`
+    (the benchmark's prompts/ layout) is that domain's rubric system prompt as it is, and when the
+    folder is the prompts/ folder of a local copy of the benchmark's repository (or the copy
+    itself), the rubric's user prompt is the benchmark's own template, filled as its evaluation
+    fills it: the judge then gets exactly the benchmark's messages."""
+
+    def __init__(self, folder: str | Path = ""):
         self.folder = Path(folder) if folder else None
-        self.domain_guides = domain_guides
         if self.folder and not self.folder.is_dir():
             raise FileNotFoundError(f"judge.prompts: {self.folder} is not a folder")
+        self.bench_user = None
+        if self.folder and not (self.folder / "rubric_user.txt").exists():
+            self.bench_user = _benchmark_template(self.folder)
+            if self.bench_user is not None and (self.folder / "prompts").is_dir():
+                self.folder = self.folder / "prompts"  # the repository itself: its prompts/
 
     def _read(self, name: str) -> str:
         if self.folder and (self.folder / name).exists():
             return (self.folder / name).read_text(encoding="utf-8")
         return (PROMPTS / name).read_text(encoding="utf-8")
 
-    def messages(self, kind: str, domain: str, **fields) -> list[dict]:
-        dom = get_domain(domain) if _known(domain) else None
+    def system(self, kind: str, domain: str) -> str:
         own = self.folder / domain / "judge_system_prompt.txt" if self.folder else None
         if kind == "rubric" and own is not None and own.exists():
-            system = own.read_text(encoding="utf-8")
+            return own.read_text(encoding="utf-8")
+        dom = get_domain(domain) if _known(domain) else None
+        return fill(self._read(f"{kind}_system.txt"), domain=domain,
+                    description=dom.description if dom else f"the {domain} environment",
+                    observation_format=dom.observation_format if dom else "as the environment writes them",
+                    guide=(dom.judge_paragraph() if dom else "") or "Judge every detail of the "
+                    "observation against the real one, allowing only runtime values (times, ids) to differ.")
+
+    def messages(self, kind: str, domain: str, **fields) -> list[dict]:
+        if kind == "rubric" and self.bench_user is not None:
+            user = self.bench_user.format(**{k: fields[k] for k in _BENCH_FIELDS}).strip()
         else:
-            system = fill(self._read(f"{kind}_system.txt"), domain=domain,
-                          description=dom.description if dom else f"the {domain} environment",
-                          observation_format=dom.observation_format if dom else "as the environment writes them")
-        guide = dom.judge_paragraph() if dom and self.domain_guides and kind == "rubric" else ""
-        if guide:
-            system = system.rstrip() + "\n\n" + guide
-        user = fill(self._read(f"{kind}_user.txt"), **fields).strip()
-        return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+            user = fill(self._read(f"{kind}_user.txt"), **fields).strip()
+        return [{"role": "system", "content": self.system(kind, domain)},
+                {"role": "user", "content": user}]
 
 
 def _known(domain: str) -> bool:
@@ -100,43 +151,89 @@ class Unparsed(ValueError):
     """A judge reply that is not a judgement; the message says why."""
 
 
-def _final_object(answer: str) -> dict:
-    """The JSON object that ends the answer (only whitespace or a code fence after it)."""
-    for i, ch in enumerate(answer):
-        if ch != "{":
-            continue
+_FENCED = re.compile(r"```(?:json)?\s*([\s\S]*?)\s*```")
+
+
+def _objects(text: str) -> list[str]:
+    """Candidate JSON objects of `text`, latest first: fenced ```json blocks, then every
+    balanced {...} (the benchmark's extraction strategies, in its order)."""
+    fenced = [m.group(1).strip() for m in _FENCED.finditer(text)]
+    found = [c for c in fenced if c.startswith("{") and c.endswith("}")]
+    depth, start, in_str, escape, spans = 0, -1, False, False, []
+    for i, ch in enumerate(text):
+        if escape:
+            escape = False
+        elif ch == "\\" and in_str:
+            escape = True
+        elif ch == '"':
+            in_str = not in_str
+        elif not in_str and ch == "{":
+            start = i if depth == 0 else start
+            depth += 1
+        elif not in_str and ch == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                spans.append(text[start:i + 1])
+    return found[::-1] + spans[::-1]
+
+
+def _loads(text: str):
+    """json.loads, then again after the benchmark's repairs (trailing commas, single-quoted or
+    bare keys)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        fixed = re.sub(r",(\s*[}\]])", r"\1", text)
+        fixed = re.sub(r"'(\w+)'(\s*:)", r'"\1"\2', fixed)
+        fixed = re.sub(r'([{,])\s*([A-Za-z_]\w*)\s*:', r'\1"\2":', fixed)
         try:
-            value, end = json.JSONDecoder().raw_decode(answer, i)
+            return json.loads(fixed)
         except json.JSONDecodeError:
-            continue
-        if isinstance(value, dict) and not answer[end:].strip(" \t\r\n`"):
-            return value
-    raise Unparsed("no complete JSON object ends the answer (cut off, or not JSON)")
+            return None
+
+
+def _score(value) -> float | None:
+    """A dimension's value as the benchmark reads it: an integer; a float rounded; a string's
+    number before any '/' ("3/5" is 3); then clamped into 1-5. None: not a score (non-positive,
+    missing, another type)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float):
+        value = int(round(value))
+    elif isinstance(value, str):
+        try:
+            value = int(value.split("/")[0].strip())
+        except ValueError:
+            return None
+    if not isinstance(value, int) or value <= 0:
+        return None
+    return max(1, min(5, value))
 
 
 def read_rubric(text: str) -> dict:
-    """The five scores (numbers from 1 to 5) of the final answer: the last <evaluation> block,
-    which must be closed, or without tags the JSON object that ends the reply."""
-    start = text.rfind(_OPEN)
-    answer = text
-    if start >= 0:
-        answer = text[start + len(_OPEN):]
-        if _CLOSE not in answer:
-            raise Unparsed("the last <evaluation> block is not closed (the answer was cut off)")
-        answer = answer[:answer.index(_CLOSE)]
-    data = _final_object(answer)
+    """The five scores of the final answer, in the benchmark's judge format: reasoning removed
+    (a scores block inside <think> is not an answer), then the last <final_evaluation> block (or
+    the whole reply without one), then its latest JSON object holding a "scores" object. Values
+    are read with the benchmark's rounding, fraction and clamping rules (`_score`). Stricter than
+    the benchmark: every dimension must be a score (the benchmark averages the valid ones), so a
+    partial answer is asked again rather than scored on fewer dimensions."""
+    answer = strip_reasoning(text.strip(), ANSWER_TAG)
+    block = last_tagged(answer, ANSWER_TAG)
+    target = answer if block is None else block
+    data = next((d for d in map(_loads, _objects(target))
+                 if isinstance(d, dict) and isinstance(d.get("scores"), dict)), None)
+    if data is None:
+        raise Unparsed(f"no JSON object with a \"scores\" object in the final answer"
+                       f"{'' if block is not None else ' (no <' + ANSWER_TAG + '> block)'}: cut off, or not JSON")
     scores = {}
     for dim in DIMENSIONS:
-        value = data.get(dim)
+        value = _score(data["scores"].get(dim))
         if value is None:
-            raise Unparsed(f"'{dim}' missing")
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise Unparsed(f"'{dim}' is not a number: {value!r}")
-        if not 1 <= value <= 5:
-            raise Unparsed(f"'{dim}' is {value}, not a score from 1 to 5")
+            raise Unparsed(f"'{dim}' is not a score from 1 to 5: {data['scores'].get(dim)!r}")
         scores[dim] = value
+    listed = lambda v: [str(x) for x in v] if isinstance(v, list) else ([v] if isinstance(v, str) and v else [])
     return {**scores, "total_score": mean(float(v) for v in scores.values()),
-            "strengths": data.get("strengths", []), "weaknesses": data.get("weaknesses", [])}
+            "strengths": listed(data.get("strengths", [])), "weaknesses": listed(data.get("weaknesses", []))}
 
 
 def parse_rubric(text: str) -> dict | None:
@@ -172,15 +269,10 @@ def read_answer(mode: str, text: str):
 
 # ---- judging ----
 
-def _context(history: str) -> str:
-    return f"# Earlier turns\n\n{history}" if history else "# Earlier turns\n\n(none: this is the first turn)"
-
-
 def judge_messages(prompts: Prompts, mode: str, item: dict, seed: int) -> tuple[list[dict], str | None]:
     """The chat messages asking for one judgement, and (A/B modes) the side holding the model's
     answer. item: task, id, history, current, prediction, reference (reference mode: baseline)."""
-    fields = {"context": _context(item["history"]), "current": item["current"],
-              "prediction": item["prediction"], "reference": item["reference"]}
+    fields = judge_fields(item)
     if mode == "rubric":
         return prompts.messages("rubric", item["task"], **fields), None
     other = item["reference"] if mode == "turing" else item["baseline"]
@@ -203,6 +295,10 @@ def judge_one(client: ChatClient, prompts: Prompts, mode: str, item: dict, seed:
            "key": judgement_key(client.cfg, messages)}
     if side:
         row["model_side"] = side
+    if mode == "rubric" and "gen" in item and not item["gen"]:
+        # the benchmark's rule: an empty generation is a failed sample, not judged
+        return {**row, "judge_raw_output": "", "failed": 1.0, "total_score": 0,
+                "error_message": "No model generation"}
     raw, parsed, error = "", None, ""
     for _ in range(client.cfg.max_retries + 1):  # a reply that is no judgement is asked again
         try:
@@ -299,7 +395,7 @@ class Judge:
 
     def __init__(self, jcfg):
         self.cfg, self.client = jcfg, ChatClient(jcfg)
-        self.prompts = Prompts(jcfg.prompts, domain_guides=True)
+        self.prompts = Prompts(jcfg.prompts)
         self.last_failure = ""  # why the latest failed judgement failed, for error messages
 
     def score_all(self, items: list[dict]) -> list[tuple[float | None, dict]]:

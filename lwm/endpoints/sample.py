@@ -1,11 +1,12 @@
 """The view of one sample in AgentWorldBench's JSONL layout, ours or the public benchmark's.
 
-Two shapes share the layout. The public files hold every turn of the trajectory as strings
-(`prompt[j]` the action prompt, `response[j]` the real observation) and `turn_idx` says which
-turn is scored; our held-out sets (and SFT/RL rows) hold the chat messages of the scored turn
-(history windowed) and its target. `view()` turns either into the same thing: chat messages
-whose history is the earlier turns' real observations, the reference observation, and the
-history as text (what the judge reads).
+Two shapes share the layout. The public files, and our held-out sets, hold every turn of the
+trajectory as strings (`prompt[j]` the action prompt, `response[j]` the real observation) and
+`turn_idx` says which turn is scored; older held-out sets of ours (and SFT/RL rows) hold the chat
+messages of the scored turn (history windowed) and its tagged target. `view()` turns either into the same thing: chat messages
+whose history is the earlier turns' real observations (for the benchmark's layout, exactly the
+messages its evaluation sends), the reference observation cleaned as the benchmark cleans it,
+and the history as text (what the judge reads).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lwm.domains import extract_observation
+from lwm.domains.base import clean_marker
 
 
 def domain_of(rec: dict) -> str:
@@ -46,7 +48,8 @@ def view(rec: dict) -> Sample:
             messages = [{"role": "system", "content": rec["system_str"]}] + messages
         body = [m for m in messages if m["role"] != "system"]
         pairs = [(body[i]["content"], body[i + 1]["content"]) for i in range(0, len(body) - 1, 2)]
-        current, reference = body[-1]["content"], _text(response[-1])
+        current = body[-1]["content"]
+        reference = extract_observation(_text(response[-1]))[0]  # a tagged target
     else:                                               # the benchmark's: every turn as strings
         k = max(turn - 1, 0)
         pairs = [(str(prompt[j]), str(response[j])) for j in range(min(k, len(prompt), len(response)))]
@@ -55,8 +58,8 @@ def view(rec: dict) -> Sample:
         for action, observation in pairs:
             messages += [{"role": "user", "content": action},
                          {"role": "assistant", "content": observation}]
-        messages.append({"role": "user", "content": current})
-        reference = str(response[k]) if k < len(response) else ""
+        # the benchmark asks with prompt[k] and shows its judge current_prompt
+        messages.append({"role": "user", "content": str(prompt[k]) if k < len(prompt) else current})
+        reference = clean_marker(str(response[k])) if k < len(response) else ""
     history = "\n\n".join(f"{a}\n{o}" for a, o in pairs)
-    return Sample(rec["id"], domain_of(rec), messages, extract_observation(reference)[0], history,
-                  current, turn)
+    return Sample(rec["id"], domain_of(rec), messages, reference, history, current, turn)

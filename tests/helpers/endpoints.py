@@ -8,8 +8,8 @@ import threading
 
 from serve.server import WorldModelServer
 
-_FENCED = (r"# Predicted observation \(world model\)\n```\n(.*?)\n```\s*"
-           r"# Real observation \(environment\)\n```\n(.*)\n```\s*$")
+_FENCED = (r"\*\*World Model Output \(Simulated\):\*\*\n```\n(.*?)\n```\s*"
+           r"\*\*Ground Truth \(Real Output\):\*\*\n```\n(.*?)\n```")
 
 
 def serve(backend):
@@ -24,6 +24,13 @@ def stop(server):
     server.server_close()
 
 
+def rubric_answer(s, reasoning: str = "") -> str:
+    """A judge reply in the benchmark's answer format, every dimension scored `s`."""
+    return (f'{reasoning}<final_evaluation>\n```json\n{{"strengths": [], "weaknesses": [], "scores": '
+            f'{{"format": {s}, "factuality": {s}, "consistency": {s}, "realism": {s}, "quality": {s}}}}}'
+            '\n```\n</final_evaluation>')
+
+
 def exact_judge(requests):
     """Rubric double: all fives when the prediction equals the real observation, all ones
     otherwise."""
@@ -31,6 +38,5 @@ def exact_judge(requests):
     for r in requests:
         pred, real = re.search(_FENCED, r.messages[-1]["content"], re.S).groups()
         s = 5 if pred.strip() == real.strip() else 1
-        out.append(f'ok <evaluation>{{"format": {s}, "factuality": {s}, "consistency": {s}, '
-                   f'"realism": {s}, "quality": {s}}}</evaluation>')
+        out.append(rubric_answer(s, "ok "))
     return out
