@@ -1,23 +1,27 @@
 """The data engine of `lwm prepare`: datatrove pipelines, run locally or on Slurm.
 
-    read + validate + curate ──▶ MinHash signatures ──▶ buckets ──▶ clusters ──▶ filter
-        (tasks)                     (tasks)             (14)          (1)        (tasks)
-                                                                                   │
-                    render: split, tokenize, pack CPT shards, SFT/RL/eval rows ◀───┘ (tasks)
+    read + validate + curate ──▶ check ──▶ duplicate ids ──▶ MinHash signatures ──▶ buckets
+            (tasks)               (1)          (1)                 (tasks)            (14)
+    ──▶ clusters ──▶ filter ──▶ render: split, tokenize, pack CPT shards, SFT/RL/eval rows
+          (1)        (tasks)     (tasks)
 
 Every box is a datatrove executor; datatrove marks each task complete when it finishes, so a
 killed prepare, rerun, redoes only the unfinished tasks, and every task's output depends only
 on its input, so the result is byte-identical to an uninterrupted run. Which records survive
 does not depend on the number of tasks either: of each cluster of duplicates, dedup keeps the
-record that comes first in the input. Tasks stream records: peak memory depends on the task,
-not on the corpus. `prepare.executor=slurm` renders the same pipelines as Slurm job arrays
-(datatrove's SlurmPipelineExecutor).
+record that comes first in the input, and of records sharing an id, the first in the input is
+kept (the others are dropped at render, counted as "duplicate id"). Tasks stream records: peak
+memory depends on the task, not on the corpus. `prepare.executor=slurm` renders the same
+pipelines as Slurm job arrays (datatrove's SlurmPipelineExecutor).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import shlex
 import struct
 from collections import Counter
 from pathlib import Path
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from datatrove.data import Document
-from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
+from datatrove.executor import SlurmPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets,
                                               MinhashDedupCluster, MinhashDedupFilter,
@@ -39,6 +43,7 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 from data_pipeline.curate.dedup import Decontaminator, content_text
 from data_pipeline.curate.filters import clean_turns, drop_reason
 from data_pipeline.curate.redact import redact_trajectory
+from data_pipeline.progress import QuietLocalExecutor
 from lwm.config import DataConfig, PrepareConfig, PrepareSlurmConfig
 from lwm.domains import get_domain, register_extra
 from lwm.schema import Trajectory, TrajectoryError, validate
@@ -101,7 +106,8 @@ class ReadAndCurate(PipelineStep):
         qpath = work / "quarantine" / f"{rank:05d}.jsonl"
         qpath.parent.mkdir(parents=True, exist_ok=True)
         index = -1
-        with open(qpath, "w", encoding="utf-8") as quarantine:
+        ids = IdWriter(work, rank)
+        with ids, open(qpath, "w", encoding="utf-8") as quarantine:
             for path in self.inputs:
                 with open(path, encoding="utf-8") as f:
                     for lineno, line in enumerate(f, 1):
@@ -132,6 +138,7 @@ class ReadAndCurate(PipelineStep):
                         doc = self._curate(traj, domains[traj.domain], decontam, counts)
                         if doc is not None:  # its place in the input, in any task layout
                             doc.metadata["order"] = index
+                            ids.add(traj.id, index)
                             yield doc
         counts = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in counts.items()}
         write_json(work / "stats" / f"curate_{rank:05d}.json", counts)
@@ -155,6 +162,119 @@ class ReadAndCurate(PipelineStep):
                         metadata={"record": record, "sample": sample})
 
 
+ID_BUCKETS = 16  # duplicate ids are found per bucket of ids: no task holds every id of the corpus
+
+
+def _id_bucket(traj_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(traj_id.encode(), digest_size=4).digest(), "big") % ID_BUCKETS
+
+
+class IdWriter:
+    """A curate task's surviving (order, id) pairs, into one file per id bucket."""
+
+    def __init__(self, work: Path, rank: int):
+        self.work, self.rank, self.files = work, rank, {}
+
+    def add(self, traj_id: str, order: int) -> None:
+        bucket = _id_bucket(traj_id)
+        if bucket not in self.files:
+            path = self.work / "ids" / f"{bucket:02d}" / f"{self.rank:05d}.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.files[bucket] = open(path, "w", encoding="utf-8")
+        self.files[bucket].write(json.dumps([order, traj_id]) + "\n")
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for f in self.files.values():
+            f.close()
+
+
+class FindDuplicateIds(PipelineStep):
+    """One task, a bucket of ids at a time: of every id that more than one record carries, all
+    but the record first in input order are dropped (their orders go to duplicate_ids/<b>.npy),
+    so a trajectory read twice (a log exported twice, collected and ingested) trains once,
+    whatever the task layout and whether MinHash dedup is on."""
+
+    name = "duplicate ids"
+    type = "lwm"
+
+    def __init__(self, work: str):
+        super().__init__()
+        self.work = work
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        for bucket in range(ID_BUCKETS):
+            first: dict[str, int] = {}
+            drop = []
+            for path in sorted((Path(self.work) / "ids" / f"{bucket:02d}").glob("*.jsonl")):
+                with open(path, encoding="utf-8") as f:
+                    for line in f:
+                        order, traj_id = json.loads(line)
+                        if traj_id in first:
+                            drop.append(max(order, first[traj_id]))
+                            first[traj_id] = min(order, first[traj_id])
+                        else:
+                            first[traj_id] = order
+            out = Path(self.work) / "duplicate_ids" / f"{bucket:02d}.npy"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.save(out, np.array(sorted(drop), dtype=np.int64))
+        return
+        yield  # a generator, as datatrove expects of a step
+
+
+def duplicate_orders(work: Path) -> np.ndarray:
+    """The input orders of records dropped for an id an earlier record carries, sorted."""
+    parts = [np.load(p) for p in sorted((Path(work) / "duplicate_ids").glob("*.npy"))]
+    return np.sort(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
+
+
+def is_duplicate(orders: np.ndarray, order: int) -> bool:
+    i = int(np.searchsorted(orders, order))
+    return i < len(orders) and int(orders[i]) == order
+
+
+class CheckCurated(PipelineStep):
+    """One task after curation: when no record survived it, stop with why (the counts and the
+    first quarantined record's file, line, field and reason) rather than let the next step fail
+    on an empty folder."""
+
+    name = "check curated"
+    type = "lwm"
+
+    def __init__(self, work: str, inputs: list[str], domains: list[str]):
+        super().__init__()
+        self.work, self.inputs, self.domains = work, inputs, domains
+
+    def run(self, data=None, rank: int = 0, world_size: int = 1):
+        work = Path(self.work)
+        stats = [json.loads(p.read_text()) for p in sorted((work / "stats").glob("curate_*.json"))]
+        quarantined, filtered = Counter(), Counter()
+        for st in stats:
+            quarantined.update(st["quarantined"])
+            filtered.update(st["filtered"])
+        n_in = sum(st["in"] for st in stats)
+        if n_in > sum(quarantined.values()) + sum(filtered.values()):
+            return
+        msg = (f"prepare: none of the {n_in} records of {', '.join(self.inputs)} survived curation: "
+               f"{sum(quarantined.values())} quarantined {dict(quarantined)}, "
+               f"{sum(filtered.values())} filtered {dict(filtered)}")
+        for path in sorted((work / "quarantine").glob("*.jsonl")):
+            with open(path, encoding="utf-8") as f:
+                line = f.readline()
+            if line:
+                q = json.loads(line)
+                msg += (f". The first quarantined: {q['file']}, line {q['line']}, field {q['field']}: "
+                        f"{q['reason']} (all of them in {work / 'quarantine'})")
+                if "unknown domain" in q["reason"]:
+                    msg += (f". The run's domains are {', '.join(self.domains)}: data.domains plus "
+                            "those data.extra_domains declares")
+                break
+        raise ValueError(msg)
+        yield  # a generator, as datatrove expects of a step
+
+
 def reason_key(e: TrajectoryError) -> str:
     """A quarantine reason without record-specific values, for counting."""
     import re
@@ -175,15 +295,19 @@ class Executors:
         logs = str(self.work / "logs" / name)
         if self.kind == "local":
             # One worker runs tasks in this process: no pool to start for small inputs.
-            ex = LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, logging_dir=logs,
-                                       workers=min(self.workers, tasks), depends=self.previous,
-                                       start_method="forkserver")
+            ex = QuietLocalExecutor(pipeline=pipeline, tasks=tasks, logging_dir=logs,
+                                    workers=min(self.workers, tasks), depends=self.previous,
+                                    start_method="forkserver")
         else:
+            # The jobs import what this process imports (a user domain's module found in the
+            # current folder is on PYTHONPATH by now), whatever the cluster's --export default.
+            path = os.environ.get("PYTHONPATH")
             ex = SlurmPipelineExecutor(
                 pipeline=pipeline, tasks=tasks, logging_dir=logs, depends=self.previous,
                 job_name=f"lwm-prepare-{name}", time=self.slurm.time,
                 partition=self.slurm.partition or "default", cpus_per_task=1,
-                mem_per_cpu_gb=self.slurm.mem_per_cpu_gb, sbatch_args=dict(self.slurm.sbatch_args))
+                mem_per_cpu_gb=self.slurm.mem_per_cpu_gb, sbatch_args=dict(self.slurm.sbatch_args),
+                env_command=f"export PYTHONPATH={shlex.quote(path)}" if path else None)
         self.previous = ex
         return ex
 
@@ -248,12 +372,14 @@ def curate_and_dedup(inputs: list[Path], work: Path, data: DataConfig, prepare: 
                      tasks: int, executors: Executors):
     """Builds the executors up to the deduplicated documents in work/deduped; returns the last."""
     reader = lambda: JsonlReader(str(work / "curated"), glob_pattern="*.jsonl.gz")  # noqa: E731
-    curate = executors("curate", [
+    executors("curate", [
         ReadAndCurate([str(p) for p in inputs], str(work), data, prepare),
         JsonlWriter(str(work / "curated"), output_filename="${rank}.jsonl.gz"),
     ], tasks)
+    executors("check_curated", [CheckCurated(str(work), [str(p) for p in inputs], list(data.domains))], 1)
+    last = executors("duplicate_ids", [FindDuplicateIds(str(work))], 1)
     if not prepare.dedup:
-        return curate, work / "curated"
+        return last, work / "curated"
     executors("minhash_signatures", [reader(), OrderedSignature(
         output_folder=str(work / "minhash" / "signatures"), config=MINHASH,
         language=WhitespaceWords())], tasks)

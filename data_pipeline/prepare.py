@@ -1,7 +1,10 @@
 """`lwm prepare`: trajectories in; CPT shards, SFT samples, RL prompts and eval sets out.
 
-validate -> quarantine bad records (with the reason) -> redact secrets -> the recipe's filters
--> decontaminate against eval sets -> MinHash dedup (exact and near) -> split train/held-out by
+Inputs: prepare.input (else the run's collect output, when there is one), every ingest/*.jsonl
+of the run and data.trajectories, each file once. validate -> quarantine bad records (with the
+reason) -> redact secrets -> the recipe's filters -> decontaminate against eval sets (nothing
+left: stop, saying why) -> one record per trajectory id (the first in input order) -> MinHash
+dedup (exact and near) -> split train/held-out by
 trajectory -> tokenizer (data.tokenizer; else the starting checkpoint's, cpt.init or model.path;
 else trained on the first trajectories of the train split) -> CPT shards (Megatron .bin/.idx,
 packed, with a loss mask by turn type) -> SFT samples and RL prompts (parquet shards) -> eval
@@ -36,12 +39,13 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader
 from omegaconf import DictConfig, OmegaConf
 
-from data_pipeline import lifeline
+from data_pipeline import lifeline, progress
 from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
-from data_pipeline.engine import Executors, curate_and_dedup, write_json
+from data_pipeline.engine import (Executors, curate_and_dedup, duplicate_orders, is_duplicate,
+                                  write_json)
 from lwm import render
 from lwm.config import DataConfig, PrepareConfig
-from lwm.domains import get_domain, register_extra
+from lwm.domains import get_domain, register_extra, run_domains
 from lwm.identity import tokenizer_fingerprint
 from lwm.schema import Trajectory
 from lwm.tokenizer import load_tokenizer, train_tokenizer
@@ -51,14 +55,24 @@ log = logging.getLogger("lwm.prepare")
 
 
 def _inputs(cfg: DictConfig, paths: RunPaths) -> list[Path]:
-    inputs = [Path(cfg.prepare.input)] if cfg.prepare.input else [paths.trajectories]
+    """What prepare reads: prepare.input (else the run's collect output, when there is one), every
+    file `lwm ingest` wrote into the run, and data.trajectories; each file once, however often
+    it is named."""
+    if cfg.prepare.input:
+        inputs = [Path(cfg.prepare.input)]
+    else:
+        inputs = [paths.trajectories] if paths.trajectories.exists() else []
     inputs += sorted((paths.root / "ingest").glob("*.jsonl"))  # what `lwm ingest` wrote
     inputs += [Path(p) for p in cfg.data.trajectories]
     for p in inputs:
         if not p.exists():
-            raise FileNotFoundError(f"prepare: input {p} does not exist (run `lwm collect` first "
-                                    "or set prepare.input)")
-    return [p.resolve() for p in inputs]
+            raise FileNotFoundError(f"prepare: input {p} does not exist")
+    if not inputs:
+        raise FileNotFoundError(
+            f"prepare: nothing to prepare in {paths.root}: no collected trajectories "
+            f"({paths.trajectories}) and nothing ingested ({paths.root / 'ingest'}/*.jsonl); run "
+            "`lwm collect` or `lwm ingest` first, or set prepare.input")
+    return list(dict.fromkeys(p.resolve() for p in inputs))
 
 
 # The files of a tokenizer in a checkpoint folder, copied verbatim (so its fingerprint agrees).
@@ -212,12 +226,16 @@ class RenderShards(PipelineStep):
                    for s in ("train", "heldout")}
         sft, rl = RowSink(out / "sft" / f"{rank:05d}.parquet"), RowSink(out / "rl" / f"{rank:05d}.parquet")
         evals: dict = {}  # domain -> its open JSONL file
-        stats = {"split": Counter(), "domains": Counter(), "copies": Counter(),
+        stats = {"split": Counter(), "domains": Counter(), "copies": Counter(), "duplicate_ids": 0,
                  "turn_types": {"train": Counter(), "heldout": Counter()},
                  "prompt_tokens": [], "target_tokens": []}
         splits = {s: open(out / "splits" / f"{s}.{rank:05d}.jsonl", "w", encoding="utf-8")
                   for s in ("train", "heldout")}
+        duplicates = duplicate_orders(Path(self.work))
         for doc in data:
+            if is_duplicate(duplicates, doc.metadata["order"]):
+                stats["duplicate_ids"] += 1
+                continue
             traj = Trajectory.from_dict(doc.metadata["record"])
             sample = doc.metadata["sample"]
             domain = get_domain(traj.domain)
@@ -339,11 +357,15 @@ class TrainTokenizer(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         register_extra(self.data.extra_domains)
 
+        duplicates = duplicate_orders(Path(self.docs_dir).parent)
+
         def texts():
             n = 0
             for doc in _docs_in_input_order(Path(self.docs_dir)):
                 if n >= self.sample:
                     return
+                if is_duplicate(duplicates, doc.metadata["order"]):
+                    continue
                 traj = Trajectory.from_dict(doc.metadata["record"])
                 if not is_heldout(traj.id, self.data.heldout_fraction, self.seed):
                     n += 1
@@ -422,6 +444,8 @@ def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_sourc
     duplicates = sum(1 for _ in _docs(work / "duplicates")) if dup_files else 0
     if duplicates:
         filtered["duplicate"] = duplicates
+    if duplicate_ids := sum(r["duplicate_ids"] for r in rendered):
+        filtered["duplicate id"] = duplicate_ids
     cpt = {}
     for split in ("train", "heldout"):
         parts = [r["cpt"][split] for r in rendered if r["cpt"][split]["sequences"]]
@@ -483,7 +507,8 @@ class Publish(PipelineStep):
         self.fingerprint, self.inputs, self.data, self.prepare = fingerprint, inputs, data, prepare
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        work, out = Path(self.work), Path(self.out)
+        # a prepare/ linked to a folder shared by a sweep's jobs (launch/share.py) is replaced there
+        work, out = Path(self.work), Path(self.out).resolve()
         staging = out.with_name(out.name + ".partial")
         check_heldout(_sum_stats(work, "render"), self.data)
         shutil.rmtree(staging, ignore_errors=True)
@@ -563,6 +588,8 @@ def up_to_date(out: Path, fingerprint: str) -> dict | None:
 
 def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
     data, prep = typed(cfg.data, DataConfig), typed(cfg.prepare, PrepareConfig)
+    register_extra(data.extra_domains)
+    data.domains = run_domains(data.domains, data.extra_domains)
     out = paths.root / "prepare"
     inputs = _inputs(cfg, paths)
     tokenizer, source = tokenizer_choice(cfg)
@@ -577,7 +604,7 @@ def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
     work, last = pipeline(data, prep, cfg.seed, paths, inputs, fingerprint, tokenizer, source)
     tracker = Tracker(cfg, "prepare", paths.stage("prepare.logs"))
     with lifeline.armed():
-        last.run()
+        progress.run(last, paths.stage("prepare.logs") / "datatrove.log")
     if prep.executor == "slurm":
         log.info("prepare: submitted to Slurm; outputs appear in %s when the jobs finish", out)
         return tracker.finish({"submitted": True, "work": str(work)})
@@ -591,7 +618,8 @@ def prepare(cfg: DictConfig, paths: RunPaths) -> dict:
     tracker.finish({k: v for k, v in manifest.items() if k not in ("fingerprint", "files")})
     shutil.copyfile(paths.root / "prepare.logs" / "metrics.json", out / "metrics.json")
     shutil.rmtree(work, ignore_errors=True)
-    log.info("prepare: %d in, %d kept, %d quarantined, %d filtered -> %s", manifest["records"]["in"],
-             manifest["records"]["kept"], manifest["records"]["quarantined"],
-             manifest["records"]["filtered"], out)
+    r = manifest["records"]
+    log.info("prepare: %d in, %d kept, %d quarantined %s, %d filtered %s -> %s", r["in"], r["kept"],
+             r["quarantined"], r["quarantine_reasons"], r["filtered"], r["filter_reasons"], out)
+    log.info(progress.summary(manifest, out, paths.root / "prepare.logs" / "datatrove.log"))
     return manifest

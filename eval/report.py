@@ -1,7 +1,9 @@
 """The eval report: a markdown table per mode, PNG plots (per-domain bars, stage comparison,
 score distributions) and the comparison of several runs (a sweep) in one table.
 
-    python -m eval.report runs/lr_sweep-sweep/job0 runs/lr_sweep-sweep/job1   # one table
+    python -m eval.report runs/lr_sweep-sweep/job*  --out runs/lr_sweep-sweep/report
+    # one table, rows labelled by the settings that differ between the runs (sft.lr=...), and a
+    # plot per differing setting
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+
+from lwm.identity import flat
 
 HEADLINE = {"rule": "rule-verifier score (x100)", "judge": "judge rubric total (0-100)",
             "turing": "Turing test: judge fooled (%)", "reference": "reference comparison: win rate (%)"}
@@ -125,24 +129,112 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def compare_runs(run_dirs: list[str | Path]) -> str:
-    """One table over several runs' eval results (rows 'run/model'), e.g. a sweep's jobs."""
-    merged = {}
-    for run in map(Path, run_dirs):
+# Keys that name or place a run, never what it trained: not a difference between runs.
+_NOT_SETTINGS = ("run_name", "run_dir", "stage", "eval.compare_stages", "eval.checkpoint", "wandb.",
+                 "reuse.", "cluster.", "hydra")
+
+
+def recorded_settings(run: Path) -> dict:
+    """What a run recorded it ran with (eval/config.yaml, written by `lwm eval`), flattened."""
+    path = run / "eval" / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: the run's eval predates recorded settings; "
+                                f"rerun `lwm eval` in {run} to label it by its settings")
+    import yaml
+    return {k: v for k, v in flat(yaml.safe_load(path.read_text()) or {}).items()
+            if not k.startswith(_NOT_SETTINGS)}
+
+
+def run_labels(runs: list[Path]) -> tuple[dict[Path, str], list[str]]:
+    """Each run's label: the settings that distinguish it from the other runs (`k=v, ...`, read
+    from what each run recorded), and the list of those keys. Runs that recorded the same
+    settings are told apart by their folders."""
+    settings = {r: recorded_settings(r) for r in runs}
+    keys = sorted({k for s in settings.values() for k in s
+                   if len({json.dumps(t.get(k), sort_keys=True, default=str) for t in settings.values()}) > 1})
+    labels = {r: ", ".join(f"{k}={settings[r].get(k)}" for k in keys) or r.name for r in runs}
+    seen: dict[str, int] = {}
+    for r in runs:
+        seen[labels[r]] = seen.get(labels[r], 0) + 1
+    for r in runs:
+        if seen[labels[r]] > 1:
+            labels[r] = f"{labels[r]} ({r})" if keys else str(r)
+    return labels, keys
+
+
+def compare_runs(run_dirs: list[str | Path], out: Path | None = None) -> str:
+    """One report over several runs' eval results, e.g. a sweep's jobs: rows `<settings> / model`
+    labelled by the settings that differ between the runs, the headline table and the rule
+    metrics, and (with `out`) a plot of the macro score against each setting that differs."""
+    runs = [Path(r) for r in run_dirs]
+    merged, per_run = {}, {}
+    for run in runs:
         metrics = run / "eval" / "metrics.json"
         if not metrics.exists():
             raise FileNotFoundError(f"{metrics} does not exist: run `lwm eval` in {run} first")
-        for model, m in json.loads(metrics.read_text())["results"].items():
-            merged[f"{run.name}/{model}"] = m
-    return table(merged)
+        per_run[run] = json.loads(metrics.read_text())["results"]
+    labels, keys = run_labels(runs) if len(runs) > 1 else ({runs[0]: runs[0].name}, [])
+    for run in runs:
+        for model, m in per_run[run].items():
+            merged[f"{labels[run]} / {model}"] = m
+    parts = [table(merged), "", "Rule metrics, all answered samples (x100):", "", rule_detail(merged)]
+    if keys:
+        parts[:0] = [f"Runs differ in: {', '.join(keys)}", ""]
+    if out is not None and keys:
+        files = knob_plots(runs, per_run, keys, out)
+        parts += ["", "Plots: " + ", ".join(str(f) for f in files)]
+    return "\n".join(parts)
+
+
+def knob_plots(runs: list[Path], per_run: dict, keys: list[str], out: Path) -> list[Path]:
+    """One PNG per setting that differs: each model's macro score against the setting's value."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    out.mkdir(parents=True, exist_ok=True)
+    settings = {r: recorded_settings(r) for r in runs}
+    files = []
+    for key in keys:
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        models = sorted({m for r in runs for m in per_run[r]})
+        values = sorted({str(settings[r].get(key)) for r in runs},
+                        key=lambda v: (0, float(v)) if _number(v) else (1, v))
+        for model in models:
+            points = [(values.index(str(settings[r].get(key))), headline(per_run[r][model])[2])
+                      for r in runs if model in per_run[r]]
+            ax.plot([p[0] for p in points], [p[1] or 0 for p in points], "o", label=model)
+        ax.set_xticks(range(len(values)), values)
+        ax.set_xlabel(key)
+        ax.set_ylabel("macro " + HEADLINE[next(iter(per_run[runs[0]].values())).get("mode", "rule")])
+        ax.legend(fontsize=8)
+        files.append(_save(fig, out / f"knob_{key.replace('/', '_')}.png"))
+    return files
+
+
+def _number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
 
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv:
-        print("usage: python -m eval.report RUN_DIR [RUN_DIR ...]", file=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m eval.report RUN_DIR [RUN_DIR ...] [--out DIR]\n"
+              "One table over the runs' eval results, rows labelled by the settings that differ "
+              "between them;\nwith --out, a plot per differing setting and report.md there.",
+              file=sys.stderr)
         sys.exit(2)
-    print(compare_runs(argv))
+    out = None
+    if "--out" in argv:
+        i = argv.index("--out")
+        out, argv = Path(argv[i + 1]), argv[:i] + argv[i + 2:]
+    report = compare_runs(argv, out)
+    if out is not None:
+        (out / "report.md").write_text(report + "\n")
+    print(report)
 
 
 if __name__ == "__main__":

@@ -18,14 +18,14 @@ import logging
 from dataclasses import replace
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from eval.data import load_eval_set
 from eval.generate import predict_endpoint, predict_local, read_done
 from eval.models import endpoint_identity, label, local_identity, model_dir
 from eval.report import HEADLINE, controllability_table, plots, rule_detail, table
 from eval.score import aggregate_ab, aggregate_judged, aggregate_rule, follows_instruction, rule_row
-from lwm.domains import extract_observation, get_domain
+from lwm.domains import domain_names, extract_observation, get_domain, register_extra
 from lwm.domains.base import observation_for_judge
 from lwm.endpoints.judge import Prompts, judge_all
 from lwm.endpoints.sample import Sample, view
@@ -161,14 +161,37 @@ def check_preset(ev) -> None:
                          "prompts/ folder of a full copy of the AgentWorldBench repository")
 
 
+def check_domains(samples: list[Sample], paths: RunPaths) -> None:
+    """Every domain of the eval set is registered, before a minute of generation is spent: a
+    user domain needs the same declaration here as where its data was prepared."""
+    unknown = sorted({s.domain for s in samples} - set(domain_names()))
+    if not unknown:
+        return
+    recorded = {}  # how the run's stages declared them, for the exact override
+    for record in sorted(paths.root.glob("*/config.yaml")):
+        try:
+            recorded.update(OmegaConf.load(record).data.extra_domains)
+        except Exception:  # noqa: BLE001 - an unreadable record: the placeholder is shown
+            continue
+    declare = ", ".join(f"{d}: {recorded.get(d, 'package.module:ClassName')}" for d in unknown)
+    raise ValueError(f"eval: the eval set holds samples of {', '.join(unknown)}, which this run does "
+                     f"not register (registered: {', '.join(domain_names())}); declare "
+                     f"{'it' if len(unknown) == 1 else 'them'} as for its training: "
+                     f"data.extra_domains={{{declare}}} (or the data preset that declares "
+                     f"{'it' if len(unknown) == 1 else 'them'})")
+
+
 def evaluate(cfg: DictConfig, paths: RunPaths) -> dict:
     ev = cfg.eval
     check_preset(ev)
     if ev.mode not in MODES:
         raise ValueError(f"eval.mode: unknown mode '{ev.mode}' ({', '.join(MODES)})")
     out = paths.stage("eval")
+    OmegaConf.save(cfg, out / "config.yaml", resolve=True)  # what this eval ran with (eval.report labels)
     source = Path(ev.input) if ev.input else paths.prepared / "eval"
     samples = [view(r) for r in load_eval_set(source, ev.max_samples)]
+    register_extra(cfg.data.extra_domains)  # as every process does (the CLI did already)
+    check_domains(samples, paths)
     tracker = Tracker(cfg, "eval", out)
     results, per_sample = {}, {}
     for name, ckpt in _models(cfg, paths).items():

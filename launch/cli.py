@@ -2,9 +2,13 @@
 
 STAGE is collect, prepare, cpt, sft, rl, eval, or run (all of them in order); `ingest` turns
 existing logs into trajectories that prepare picks up; `serve` puts a checkpoint behind an
-OpenAI-compatible endpoint. Everything after the stage is Hydra's:
-overrides, `-m` sweeps, `--cfg job`, `--help`; `--dry-run` prints the Slurm job script and the
-parallel layout of the composed config instead of running.
+OpenAI-compatible endpoint. Everything after the stage is Hydra's: overrides, `-m` sweeps,
+`--cfg job`; `--help` lists the stage's keys (launch/usage.py); `--dry-run` prints the Slurm job
+script and the parallel layout of the composed config instead of running.
+
+Mistakes are answered in one line before anything is composed or run: an unknown command or key
+with the closest one, a `+` on a key the schema has (launch/keys.py), a missing upstream output
+with the command that makes it (launch/upstream.py).
 """
 
 from __future__ import annotations
@@ -12,39 +16,29 @@ from __future__ import annotations
 import sys
 
 import hydra
+from hydra.errors import HydraException
 from omegaconf import DictConfig
+from omegaconf.errors import OmegaConfBaseException
 
 from launch import CONFIG_DIR
+from launch.keys import UsageError, check_overrides, closest
 from launch.stages import COMMANDS
+from launch.upstream import MissingInput
 from lwm.config import register_configs
-
-HELP = """usage: lwm COMMAND [KEY=VALUE ...] [-m] [--cfg job [--resolve]] [--dry-run]
-
-commands:
-  collect   trajectories from real environments, into runs/<run_name>/collect
-  prepare   validate, redact, dedup, split and tokenize: CPT/SFT/RL shards and eval sets
-  cpt       continued pretraining on the packed shards
-  sft       next-state prediction, loss on the observation
-  rl        GRPO or GSPO with the judge + rule reward
-  eval      score checkpoints or endpoints on held-out or AgentWorldBench sets
-  run       all of them in order: collect, prepare, cpt, sft, rl, eval
-  ingest    existing logs into trajectories that prepare picks up
-  serve     a checkpoint behind an OpenAI-compatible endpoint
-
-after the command:
-  KEY=VALUE        set any config key or preset (cpt.lr=1e-4 model=qwen3_5_35b_a3b backend=megatron)
-  -m               a sweep: one job per combination of comma-separated values
-  --cfg job        print the composed config (add --resolve for every value resolved)
-  --dry-run        print the Slurm job script and the parallel layout; submit nothing
-  --help           the command's config groups and their presets (Hydra's help)
-
-README.md has the commands of every stage; docs/architecture.md how the code is laid out."""
 
 
 @hydra.main(version_base=None, config_path=CONFIG_DIR, config_name="config")
 def _hydra_entry(cfg: DictConfig):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from launch.stages import run_stage
-    return run_stage(cfg)
+    try:
+        return run_stage(cfg)
+    except MissingInput as err:
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise  # a sweep's job fails as a job; Hydra reports it
+        _refuse(cfg.stage, err)
 
 
 _VALUED = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn",
@@ -63,20 +57,54 @@ def _split_flags(args: list[str]) -> tuple[list[str], list[str]]:
     return flags, overrides
 
 
+def _message(err: Exception) -> str:
+    """A composition error's own message and the first line of its cause, without the traceback."""
+    cause = err.__cause__
+    return f"{err}\n{str(cause).splitlines()[0]}" if cause and str(cause) else str(err)
+
+
+def _refuse(stage: str | None, err) -> None:
+    for line in str(err).splitlines():
+        print(f"lwm{' ' + stage if stage else ''}: {line}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in ("-h", "--help", "help"):
-        print(HELP)
+        from launch.usage import main_help
+        print(main_help())
         sys.exit(0)
     if not argv or argv[0] not in COMMANDS:
-        print(HELP if not argv else f"lwm: unknown command '{argv[0]}'\n\n{HELP}", file=sys.stderr)
-        sys.exit(2)
+        if not argv:
+            from launch.usage import main_help
+            print(main_help(), file=sys.stderr)
+            sys.exit(2)
+        near = closest(argv[0], COMMANDS)
+        _refuse(None, f"unknown command '{argv[0]}'" + (f"; did you mean {near}?" if near else "")
+                + f" (commands: {', '.join(COMMANDS)}; `lwm --help` says what each does)")
     stage, rest = argv[0], argv[1:]
+    flags, overrides = _split_flags([a for a in rest if a != "--dry-run"])
+    try:
+        check_overrides(stage, overrides)
+        if {"-h", "--help"} & set(flags):
+            from launch.usage import stage_help
+            print(stage_help(stage, overrides))
+            sys.exit(0)
+    except UsageError as err:
+        _refuse(stage, err)
+    except (HydraException, OmegaConfBaseException) as err:  # composing the config for --help
+        _refuse(stage, _message(err))
     if "--dry-run" in rest:  # the Slurm job script and parallel layout, nothing submitted
         from launch.slurm import main as slurm_main
-        sys.exit(slurm_main(["--dry-run", stage, *[a for a in rest if a != "--dry-run"]]))
+        try:
+            if {"-m", "--multirun"} & set(rest):  # a sweep: each job's layout and the array script
+                from launch.submit import dry_run
+                sys.exit(dry_run(stage, [a for a in rest if a not in ("--dry-run", "-m", "--multirun")]))
+            sys.exit(slurm_main(["--dry-run", stage, *[a for a in rest if a != "--dry-run"]]))
+        except (HydraException, OmegaConfBaseException, ValueError) as err:
+            _refuse(stage, _message(err))
     register_configs()
-    flags, overrides = _split_flags(rest)
     if {"--cfg", "-c"} & set(flags) and not any(o.startswith("run_dir=") for o in overrides):
         # printing the config runs no job, so Hydra has no output dir to resolve run_dir from:
         # the folder a run would get stands in for it

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from lwm.identity import checkpoint_fingerprint, digest, tokenizer_fingerprint
+from lwm.identity import checkpoint_fingerprint, digest, flat, tokenizer_fingerprint
 from lwm.parallel_config import parallel_plan
 
 # The config keys that shape each stage's output (a prefix covers its whole subtree).
@@ -50,22 +50,13 @@ class IdentityMismatch(RuntimeError):
     pass
 
 
-def _flat(value, prefix: str) -> dict:
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
-        return out
-    return {prefix: value}
-
-
 def config_keys(cfg, stage: str) -> dict:
     keys = {}
     for key in SHAPES[stage]:
         value = OmegaConf.select(cfg, key)
         if OmegaConf.is_config(value):
             value = OmegaConf.to_container(value, resolve=True)
-        keys.update(_flat(value, key))
+        keys.update(flat(value, key))
     return keys
 
 

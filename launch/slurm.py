@@ -3,9 +3,10 @@
     python -m launch.slurm --dry-run cpt model=qwen3_5_35b_a3b backend=megatron cluster=slurm_8xh100
     python -m launch.slurm cpt ...        # writes <runs>/<run_name>/slurm/job.sbatch and sbatch-es it
 
-The dry run prints the exact job script and the parallel layout (or the sizes that do not divide)
-without touching Slurm. Sweeps (`lwm cpt -m ...` with cluster=slurm) go through Hydra's submitit
-launcher instead and become job arrays.
+The dry run prints the exact job script and the parallel layout without touching Slurm; a layout
+whose sizes do not divide prints the error and no script (exit 1). Sweeps (`lwm cpt -m ...` with
+cluster=slurm) go through Hydra's submitit launcher instead and become job arrays, checked the same
+way first (launch/submit.py).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import sys
 from pathlib import Path
 from string import Template
 
-from lwm.cluster import sbatch_options
+from lwm.cluster import env_exports, sbatch_options
 from lwm.parallel_config import parallel_plan, world_size_of
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,20 +61,26 @@ def render(cfg, stage: str, overrides: list[str], runs_dir: str = "runs") -> str
         cpus_per_task=c.cpus_per_task, mem=f"{c.mem_gb}G" if c.mem_gb else "0",
         time=f"{c.time_minutes // 60:02d}:{c.time_minutes % 60:02d}:00", job_dir=job_dir,
         optional_lines="\n".join(optional), setup="\n".join(c.setup),
-        env="\n".join(f"export {k}={v}" for k, v in c.env.items()),
+        env="\n".join(env_exports(c)),
         master_port=c.master_port, signal_seconds=c.signal_seconds,
         nproc_per_node=nproc_per_node(c), stage=stage, overrides=quoted(job_overrides),
         requeue_line=('scontrol requeue "$SLURM_JOB_ID"' if c.requeue else ":"))
 
 
-def layout(cfg) -> str:
+def check_layout(cfg) -> tuple[str, str | None]:
+    """The job's shape and parallel layout, and the error that refuses it (None when it holds)."""
     world = world_size_of(cfg.cluster)
     head = (f"backend={cfg.backend.name} model={cfg.model.name} cluster={cfg.cluster.name}: "
             f"{cfg.cluster.nodes} node(s) x {cfg.cluster.gpus_per_node} GPU(s)")
     try:
-        return head + "\n" + parallel_plan(cfg.model, cfg.backend, world).describe()
+        return head + "\n" + parallel_plan(cfg.model, cfg.backend, world).describe(), None
     except ValueError as err:
-        return head + f"\nINVALID {err}"
+        return head, str(err)
+
+
+def layout(cfg) -> str:
+    text, error = check_layout(cfg)
+    return text if error is None else f"{text}\nINVALID {error}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,15 +90,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     cfg = compose(args.stage, args.overrides)
-    text = layout(cfg)
+    report = "# parallel layout\n# " + layout(cfg).replace("\n", "\n# ")
+    if check_layout(cfg)[1] is not None:  # the error and no script: such a job is never submitted
+        print(report, file=sys.stdout if args.dry_run else sys.stderr)
+        return 1
     script = render(cfg, args.stage, args.overrides)
     if args.dry_run:
-        print("# parallel layout\n# " + text.replace("\n", "\n# "))
+        print(report)
         print(script)
-        return 1 if "INVALID" in text else 0
-    if "INVALID" in text:
-        print(text, file=sys.stderr)
-        return 1
+        return 0
     path = ROOT / "runs" / cfg.run_name / "slurm" / "job.sbatch"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(script)

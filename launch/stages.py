@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from launch import identity
+from launch import identity, share, upstream
 from launch.lock import job_rank, run_lock
 from lwm import domains
 from lwm.tracking import RunPaths
@@ -61,15 +61,19 @@ def setup(cfg: DictConfig) -> RunPaths:
         torch.set_num_threads(cfg.backend.num_threads)
     os.environ.setdefault("WANDB_MODE", cfg.wandb.mode)
     domains.register_extra(cfg.data.extra_domains)
+    # a declared domain is one of the run's (unless data.domains names its own selection)
+    cfg.data.domains = domains.run_domains(cfg.data.domains, cfg.data.extra_domains)
     for name in cfg.data.domains:
         domains.get_domain(name)  # fail now, not after collection, on an unknown domain
     return RunPaths(Path(cfg.run_dir))
 
 
 def _run_one(name: str, cfg: DictConfig, paths: RunPaths):
-    if job_rank() == 0:
-        identity.check(cfg, name, paths.root)  # refuse, start over, or record, before any work
-    result = _stage_fn(name)(cfg, paths)
+    upstream.check(name, cfg, paths.root)  # a missing input names the command that makes it
+    with share.shared_stage(cfg, name, paths.root):  # a sweep's jobs share what they share
+        if job_rank() == 0:
+            identity.check(cfg, name, paths.root)  # refuse, start over, or record, before any work
+        result = _stage_fn(name)(cfg, paths)
     preempt.requeue_if_preempted(result, cfg.cluster.requeue)
     return result
 
@@ -77,6 +81,7 @@ def _run_one(name: str, cfg: DictConfig, paths: RunPaths):
 def run_stage(cfg: DictConfig):
     paths = setup(cfg)
     with run_lock(paths.root, cfg.stage):
+        share.link_upstream(cfg, paths.root, list(STAGES) if cfg.stage == "run" else [cfg.stage])
         if cfg.stage != "run":
             log.info("stage %s -> %s", cfg.stage, paths.root / cfg.stage)
             return _run_one(cfg.stage, cfg, paths)

@@ -27,6 +27,16 @@ def file_digest(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
+def flat(value, prefix: str = "") -> dict:
+    """A nested dict as {"a.b.c": value} (what configs are compared and labelled by)."""
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            out.update(flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: value}
+
+
 def digest(value) -> str:
     """The fingerprint of a JSON-able value (a config subtree, a dict of fingerprints)."""
     text = json.dumps(value, sort_keys=True, default=str, separators=(",", ":"))

@@ -21,41 +21,41 @@ class DeepSpeedConfig:
     zero_stage: int = 2                  # 0-3
     offload_optimizer: str = "none"      # none | cpu | nvme
     offload_param: str = "none"          # none | cpu | nvme (ZeRO-3 only)
-    nvme_path: str = "/local_nvme"
-    pin_memory: bool = True
-    overlap_comm: bool = True
-    contiguous_gradients: bool = True
-    reduce_bucket_size: int = 500_000_000
-    allgather_bucket_size: int = 500_000_000
-    stage3_prefetch_bucket_size: int = 50_000_000
-    stage3_param_persistence_threshold: int = 100_000
-    stage3_gather_16bit_weights_on_model_save: bool = True
-    activation_checkpointing: bool = False
-    wall_clock_breakdown: bool = False
+    nvme_path: str = "/local_nvme"       # folder for offload=nvme
+    pin_memory: bool = True              # pinned host memory for offloaded tensors
+    overlap_comm: bool = True            # overlap gradient reduction with the backward pass
+    contiguous_gradients: bool = True    # gradients copied into one buffer as produced
+    reduce_bucket_size: int = 500_000_000  # elements reduced at once
+    allgather_bucket_size: int = 500_000_000  # elements all-gathered at once
+    stage3_prefetch_bucket_size: int = 50_000_000  # ZeRO-3: parameter elements fetched ahead
+    stage3_param_persistence_threshold: int = 100_000  # ZeRO-3: smaller parameters stay whole
+    stage3_gather_16bit_weights_on_model_save: bool = True  # ZeRO-3: full weights gathered on export
+    activation_checkpointing: bool = False  # recompute activations in backward (less memory)
+    wall_clock_breakdown: bool = False   # log DeepSpeed's per-phase timings
 
 
 @dataclass
 class MegatronConfig:
-    tensor_parallel: int = 1
-    pipeline_parallel: int = 1
-    context_parallel: int = 1
-    expert_parallel: int = 1
-    expert_tensor_parallel: int = 1
+    tensor_parallel: int = 1             # TP: each layer's matrices split over this many GPUs
+    pipeline_parallel: int = 1           # PP: the layers split into this many stages
+    context_parallel: int = 1            # CP: each sequence split over this many GPUs
+    expert_parallel: int = 1             # EP: the experts split over this many GPUs
+    expert_tensor_parallel: int = 1      # ETP: each expert's matrices split over this many GPUs
     sequence_parallel: bool = False      # required with TP > 1 and MoE
     token_dispatcher: str = "alltoall"   # alltoall | allgather | flex
     grouped_gemm: bool = True            # TE grouped GEMM experts (GPU); False = one MLP per expert
     router_load_balancing: str = "aux_loss"  # aux_loss | seq_aux_loss | global_aux_loss | sinkhorn | none
     aux_loss_coef: float = -1.0          # < 0: the model's router_aux_loss_coef
-    z_loss_coef: float = 0.0
+    z_loss_coef: float = 0.0             # router z-loss weight; 0 = off
     router_dtype: str = "fp32"           # fp32 | fp64 | "" (the model's dtype)
     capacity_factor: float = 0.0         # 0 = dropless
     permute_fusion: bool = False         # needs TE
-    distributed_optimizer: bool = True
-    overlap_grad_reduce: bool = True
-    overlap_param_gather: bool = True
+    distributed_optimizer: bool = True   # optimizer state sharded over data-parallel ranks
+    overlap_grad_reduce: bool = True     # overlap gradient reduction with the backward pass
+    overlap_param_gather: bool = True    # overlap parameter gathering with the forward pass
     recompute_granularity: str = ""      # "" | full | selective
     recompute_method: str = "uniform"    # uniform | block (full recompute only)
-    recompute_num_layers: int = 1
+    recompute_num_layers: int = 1        # layers per recompute chunk
     recompute_modules: list[str] = field(default_factory=lambda: ["core_attn"])  # selective only
 
 

@@ -117,8 +117,8 @@ def test_ingest_quarantines_a_malformed_turn_with_its_field(tmp_path):
     rec["prompt"][1] = "### Turn 2\nno action here"
     src = tmp_path / "bad.jsonl"
     src.write_text(json.dumps(rec) + "\n")
-    summary = ingest(make_cfg(src, name="bad"), RunPaths(tmp_path))
-    assert summary["trajectories"] == 0 and summary["quarantined"] == 1
+    with pytest.raises(ValueError, match=r"none of the 1 records .*quarantine/bad\.jsonl.*field prompt\[1\]"):
+        ingest(make_cfg(src, name="bad"), RunPaths(tmp_path))  # nothing survived: fails, saying why
     reason = json.loads((tmp_path / "ingest/quarantine/bad.jsonl").read_text())
     assert reason["field"] == "prompt[1]" and reason["record"] == 1
 

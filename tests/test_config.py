@@ -21,7 +21,7 @@ def lwm(*args, cwd=None):
 def test_typo_fails_naming_the_key():
     res = lwm("cpt", "cpt.max_stepz=3", "--cfg", "job")
     assert res.returncode != 0
-    assert "max_stepz" in res.stderr and "CptConfig" in res.stderr
+    assert "unknown key 'cpt.max_stepz'; did you mean cpt.max_steps?" in res.stderr
 
 
 def test_wrong_type_fails_naming_the_key():
@@ -35,9 +35,10 @@ def test_typo_in_compose_api(tmp_path):
         make_cfg(tmp_path, "model.num_layerz=2")
 
 
-def test_unknown_stage_prints_usage():
+def test_unknown_stage_lists_the_commands():
     res = lwm("train")
-    assert res.returncode == 2 and "usage: lwm" in res.stderr
+    assert res.returncode == 2 and "unknown command 'train'" in res.stderr
+    assert "commands: collect, prepare, cpt, sft, rl, eval, run, ingest, serve" in res.stderr
 
 
 def test_cfg_job_prints_composed_config():

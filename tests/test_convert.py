@@ -168,13 +168,16 @@ def test_qwen3_5_layouts_megatron_expects(q35_state):
 
 def test_qwen3_5_reads_the_released_vision_language_layout(q35_state):
     """Released Qwen3.5 checkpoints keep the text model under model.language_model. next to
-    vision and multi-token-prediction weights, which the text model has no place for."""
+    vision and multi-token-prediction weights, which the text model has no place for: vision
+    is left out by name, MTP only when told to (tests/test_megatron_names.py: the refusal)."""
     L = layout_for_model(Q35)
     vl = {("model.language_model." + k[len("model."):] if k.startswith("model.") else k): v
           for k, v in q35_state.items()}
     vl["model.visual.patch_embed.proj.weight"] = torch.zeros(4)
     vl["mtp.fc.weight"] = torch.zeros(4)
-    a, b = hf_to_megatron(q35_state, L), hf_to_megatron(vl, L)
+    with pytest.raises(ValueError, match="'mtp.fc.weight'.*--drop-mtp"):
+        hf_to_megatron(vl, L)
+    a, b = hf_to_megatron(q35_state, L), hf_to_megatron(vl, L, drop_mtp=True)
     assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 

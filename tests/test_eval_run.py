@@ -1,8 +1,10 @@
 """Rule-mode eval offline with a tiny checkpoint: report, plots, resume, runs compared."""
 
 import json
+import shutil
 
 import pytest
+import yaml
 
 from eval.report import compare_runs, main as report_main
 from eval.run import evaluate
@@ -49,10 +51,21 @@ def test_rule_mode_report_plots_and_resume(prepared_run, tiny_ckpt, tmp_path, ca
     other = tmp_path / "other"
     (other / "eval").mkdir(parents=True)
     (other / "eval" / "metrics.json").write_text((out / "metrics.json").read_text())
-    table = compare_runs([run, other])
-    assert "| run/ckpt |" in table and "| other/ckpt |" in table
-    report_main([str(run), str(other)])
-    assert "| other/ckpt |" in capsys.readouterr().out
+    settings = yaml.safe_load((out / "config.yaml").read_text())
+    (other / "eval" / "config.yaml").write_text(yaml.safe_dump(settings))
+    table = compare_runs([run, other])   # the same settings: told apart by their folders
+    assert "| run / ckpt |" in table and "| other / ckpt |" in table
+    twin = tmp_path / "sweep2" / "run"    # another sweep's folder of the same name
+    shutil.copytree(other / "eval", twin / "eval")
+    assert f"| {twin} / ckpt |" in compare_runs([run, twin])
+    lr = settings["sft"]["lr"]
+    settings["sft"]["lr"], settings["run_name"] = 0.123, "renamed"   # a run's name is no setting
+    (other / "eval" / "config.yaml").write_text(yaml.safe_dump(settings))
+    report_main([str(run), str(other), "--out", str(tmp_path / "report")])
+    printed = capsys.readouterr().out
+    assert f"| sft.lr={lr} / ckpt |" in printed and "| sft.lr=0.123 / ckpt |" in printed
+    assert "Runs differ in: sft.lr" in printed and "chrf" in printed
+    assert (tmp_path / "report" / "knob_sft.lr.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_benchmark_layout_runs_through_rule_mode(tiny_ckpt, tmp_path):

@@ -62,8 +62,9 @@ def test_agentworldbench_missing_turn_is_quarantined(tmp_path):
     prompt, answer = render.turn_messages(get_domain("mcp"), traj, 3, max_history=0)
     rec = {"task": "mcp", "id": f"{traj.id}-t3", "prompt": prompt, "response": [answer]}
     src.write_text(json.dumps(rec) + "\n")   # our older layout: turns 1 and 2 are in no sample
-    summary = ingest(make_cfg("agentworldbench", src, name="partial"), RunPaths(tmp_path))
-    assert summary["trajectories"] == 0 and summary["quarantined"] == 1
+    with pytest.raises(ValueError, match=r"none of the 1 records .* became a trajectory; every one is in "
+                                         r".*quarantine/partial\.jsonl\. The first: .*bench\.jsonl, record 1"):
+        ingest(make_cfg("agentworldbench", src, name="partial"), RunPaths(tmp_path))
     reason = json.loads((tmp_path / "ingest/quarantine/partial.jsonl").read_text())
     assert reason["source"] == str(src) and reason["record"] == 1 and "turns [1, 2]" in reason["reason"]
 
@@ -89,6 +90,7 @@ def test_openai_chat(tmp_path):
 def test_unknown_format_and_domain(tmp_path):
     with pytest.raises(ValueError, match="ingest.format"):
         ingest(make_cfg("nope", tmp_path), RunPaths(tmp_path))
-    summary = ingest(make_cfg("openai_chat", DATA / "ingest/openai_chat.jsonl", domain="nodomain"),
-                     RunPaths(tmp_path))
-    assert summary["trajectories"] == 0   # an unknown domain is quarantined by name
+    with pytest.raises(ValueError, match=r"ingest\.domain=nodomain is not a registered domain.*"
+                                         r"data\.extra_domains=\{nodomain: "):  # before reading a record
+        ingest(make_cfg("openai_chat", DATA / "ingest/openai_chat.jsonl", domain="nodomain"),
+               RunPaths(tmp_path))

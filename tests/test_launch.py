@@ -9,6 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from launch.slurm import compose, layout, main, render
 
 ARGS = ["model=qwen3_5_35b_a3b", "backend=megatron", "cluster=slurm_8xh100"]
@@ -35,8 +37,9 @@ def test_dry_run_prints_script_and_layout(capsys):
     assert out.count("#SBATCH") >= 10 and "torchrun" in out
     # a layout that does not divide is shown with the field names, and the exit code says so
     assert main(["--dry-run", "cpt", *ARGS, "backend.megatron.expert_parallel=3"]) == 1
-    assert "model.num_experts = 256 is not divisible by backend.megatron.expert_parallel = 3" in \
-        capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "model.num_experts = 256 is not divisible by backend.megatron.expert_parallel = 3" in out
+    assert "#SBATCH" not in out and "torchrun" not in out  # such a job has no script
 
 
 def test_397b_layout_on_128_gpus():
@@ -70,3 +73,30 @@ def test_preemption_checkpoints_then_requeues(tmp_path):
     lines = log.read_text().splitlines()
     assert lines[0].startswith("torchrun node001:29500 --nnodes=1 --nproc-per-node=8 --rdzv-id=42")
     assert lines[1:] == ["saved", "scontrol requeue 42"]
+
+
+def test_setup_runs_outside_set_u_and_env_values_are_quoted(tmp_path):
+    """cluster.setup may read unset variables (conda activate, Lmod); cluster.env values are
+    exported as written, one value each."""
+    setup = '[ -z "$LWM_NEVER_SET" ] && echo setup-ran >> ' + str(tmp_path / "log")
+    cfg = compose("cpt", [*ARGS, "run_name=env", f"cluster.setup=['{setup}']",
+                          "cluster.env={EXTRA: a b $HOME, NCCL_DEBUG: INFO}"])
+    script = render(cfg, "cpt", [*ARGS, "run_name=env"], runs_dir=str(tmp_path / "runs"))
+    assert f"set +u\n{setup}\nset -u\n" in script
+    assert "export EXTRA='a b $HOME'\nexport NCCL_DEBUG=INFO" in script
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    _stub(bin_dir, "scontrol", "echo node001")
+    _stub(bin_dir, "srun", f'printf "%s|" "$EXTRA" "$NCCL_DEBUG" >> {tmp_path / "log"}')
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "SLURM_JOB_ID": "7",
+           "SLURM_JOB_NODELIST": "node001"}
+    env.pop("LWM_NEVER_SET", None)
+    assert subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, timeout=20).returncode == 0
+    assert (tmp_path / "log").read_text() == "setup-ran\na b $HOME|INFO|"
+
+
+def test_env_names_must_be_shell_variables():
+    from lwm.cluster import env_exports
+    cfg = compose("cpt", ["cluster.env={BAD-NAME: x}"])
+    with pytest.raises(ValueError, match="'BAD-NAME' is not a shell variable name"):
+        env_exports(cfg.cluster)

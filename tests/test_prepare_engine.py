@@ -49,7 +49,9 @@ def test_killed_prepare_resumes_byte_identical(tmp_path):
     assert not (killed / "prepare" / "manifest.json").exists()
     resumed = _prepare(killed)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "Skipping" in resumed.stderr  # datatrove skipped the tasks that had completed
+    # datatrove skipped the tasks that had completed (its log goes to a file, not the console)
+    assert "Skipping" in (killed / "prepare.logs" / "datatrove.log").read_text()
+    assert "Skipping" not in resumed.stderr and "prepare: 100%" in resumed.stderr
     a, b = _outputs(whole), _outputs(killed)
     assert a.keys() == b.keys()
     for name in a:
@@ -76,11 +78,12 @@ def test_slurm_executor_renders_job_arrays(tmp_path):
     main = [p for p in jobs if "launch_pickled_pipeline" in p.read_text()]
     texts = [p.read_text() for p in main]
     names = [next(l for l in t.splitlines() if "--job-name" in l).split("=", 1)[1] for t in texts]
-    assert names == ["lwm-prepare-curate", "lwm-prepare-minhash_signatures", "lwm-prepare-minhash_buckets",
+    assert names == ["lwm-prepare-curate", "lwm-prepare-check_curated", "lwm-prepare-duplicate_ids",
+                     "lwm-prepare-minhash_signatures", "lwm-prepare-minhash_buckets",
                      "lwm-prepare-minhash_cluster", "lwm-prepare-minhash_filter", "lwm-prepare-tokenizer",
                      "lwm-prepare-render", "lwm-prepare-publish"]
     assert all("#SBATCH --partition=cpu" in t for t in texts)
-    assert "#SBATCH --array=0-3" in texts[0] and "#SBATCH --array=0-13" in texts[2]
+    assert "#SBATCH --array=0-3" in texts[0] and "#SBATCH --array=0-13" in texts[4]
     ids = [100 + int(p.stem[3:]) for p in main]
     for i in range(1, len(main)):  # each stage waits for the previous one to succeed
         assert f"afterok:{ids[i - 1]}" in (scripts / f"{main[i].stem}.args").read_text()

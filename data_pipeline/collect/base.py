@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 # ActionError: an action the environment cannot execute (malformed in its domain's grammar);
 # the episode is quarantined. Re-exported for the collectors.
-from lwm.domains import ActionError, get_domain  # noqa: F401
+from lwm.domains import ActionError, domain_names, get_domain  # noqa: F401
 
 
 @dataclass
@@ -87,13 +87,25 @@ def register_collector(domain: str, path: str) -> None:
     _COLLECTORS[domain] = path
 
 
+def _collector_path(domain: str) -> str:
+    """A built-in collector, else the one a registered domain names (`Domain.collector`)."""
+    if domain in _COLLECTORS:
+        return _COLLECTORS[domain]
+    return get_domain(domain).collector if domain in domain_names() else ""
+
+
 def collector_names() -> list[str]:
-    return sorted(_COLLECTORS)
+    return sorted(d for d in {*_COLLECTORS, *domain_names()} if _collector_path(d))
 
 
 def get_collector(domain: str, collect_cfg) -> Collector:
-    if domain not in _COLLECTORS:
+    path = _collector_path(domain)
+    if not path:
         raise ValueError(f"no collector for domain '{domain}' (collectors: "
                          f"{', '.join(collector_names())}); import its trajectories instead")
-    module, _, attr = _COLLECTORS[domain].partition(":")
-    return getattr(importlib.import_module(module), attr)(collect_cfg)
+    module, _, attr = path.partition(":")
+    cls = getattr(importlib.import_module(module), attr, None)
+    if not (isinstance(cls, type) and issubclass(cls, Collector)):
+        raise ValueError(f"domain '{domain}': its collector '{path}' is not a Collector subclass "
+                         "(data_pipeline.collect.base.Collector)")
+    return cls(collect_cfg)

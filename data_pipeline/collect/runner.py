@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from data_pipeline.collect.base import ActionError, Environment, collector_names, get_collector
 from data_pipeline.collect.policies import Policy, ReplayRecordError, make_policy
+from lwm.domains import register_extra, run_domains
 from lwm.schema import Step, Trajectory, validate
 from lwm.tracking import Tracker
 
@@ -87,12 +88,14 @@ _WORKER: dict = {}
 def _worker_cfg(cfg):
     """The part of the config a worker needs, as a plain picklable container."""
     return OmegaConf.create({"seed": cfg.seed, "collect": OmegaConf.to_container(cfg.collect),
-                             "policy": OmegaConf.to_container(cfg.policy)})
+                             "policy": OmegaConf.to_container(cfg.policy),
+                             "extra_domains": OmegaConf.to_container(cfg.data.extra_domains)})
 
 
 def _init_worker(cfg_dict: dict, spawned: bool = True) -> None:
     if spawned:  # a fresh process has no logging set up; the caller's is left alone
         logging.basicConfig(level=logging.WARNING)
+        register_extra(cfg_dict["extra_domains"])  # it starts with the built-in domains only
     _WORKER.clear()
     _WORKER.update(cfg=OmegaConf.create(cfg_dict))
 
@@ -172,11 +175,12 @@ def load_done(path: Path) -> set[str]:
 
 def collectable_domains(cfg) -> list[str]:
     """The selected domains that have a collector; the others enter through import."""
-    names = set(collector_names())
-    skipped = [d for d in cfg.data.domains if d not in names]
+    register_extra(cfg.data.extra_domains)
+    names, selected = set(collector_names()), run_domains(cfg.data.domains, cfg.data.extra_domains)
+    skipped = [d for d in selected if d not in names]
     if skipped:
         log.warning("no collector for %s: their trajectories come from import", ", ".join(skipped))
-    return [d for d in cfg.data.domains if d in names]
+    return [d for d in selected if d in names]
 
 
 def collect_stage(cfg, paths) -> dict:

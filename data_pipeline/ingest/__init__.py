@@ -4,13 +4,15 @@
 
 Writes <run>/ingest/<name>.jsonl (read by `prepare` with the collected trajectories),
 <run>/ingest/quarantine/<name>.jsonl (records that could not convert, with file, record, field
-and reason; kept out of the folder `prepare` globs) and <run>/ingest/metrics.json.
+and reason; kept out of the folder `prepare` globs) and <run>/ingest/metrics.json, and logs a
+summary. When no record survives it fails, naming the quarantine file and the first reason.
 """
 
 from __future__ import annotations
 
 import importlib
 import json
+import logging
 import os
 from collections import Counter
 from dataclasses import asdict
@@ -19,10 +21,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_pipeline.ingest.common import Reject
-from lwm.domains import domain_names
+from lwm.domains import domain_names, register_extra
 from lwm.schema import TrajectoryError, validate
 from lwm.tracking import Tracker
 
+log = logging.getLogger("lwm.ingest")
 FORMATS = {
     "agentworldbench": "data_pipeline.ingest.agentworldbench",
     "openai_chat": "data_pipeline.ingest.openai_chat",
@@ -37,6 +40,12 @@ def ingest(cfg, paths) -> dict:
         raise ValueError(f"ingest.format '{fmt}' is unknown (formats: {', '.join(sorted(FORMATS))})")
     if not cfg.ingest.path:
         raise ValueError("ingest.path is empty: give the file or folder to import")
+    register_extra(cfg.data.extra_domains)
+    if cfg.ingest.domain and cfg.ingest.domain not in domain_names():
+        raise ValueError(f"ingest.domain={cfg.ingest.domain} is not a registered domain (registered: "
+                         f"{', '.join(domain_names())}); declare a domain of your own with "
+                         f"data.extra_domains={{{cfg.ingest.domain}: package.module:ClassName}} or a "
+                         "data preset that declares it (README: \"Your own domain\")")
     module, _, function = FORMATS[fmt].partition(":")   # "module" or "module:function"
     convert = getattr(importlib.import_module(module), function or "convert")
     out_dir = paths.stage("ingest")
@@ -44,7 +53,7 @@ def ingest(cfg, paths) -> dict:
     out, bad = out_dir / f"{name}.jsonl", out_dir / "quarantine" / f"{name}.jsonl"
     bad.parent.mkdir(exist_ok=True)
     tracker = Tracker(cfg, "ingest", out_dir)
-    counts, domains, seen = Counter(), Counter(), set()
+    counts, domains, seen, first_bad = Counter(), Counter(), set(), None
     known = set(domain_names())
     # Written under temporary names and renamed at the end: prepare never sees half a file.
     with open(out.with_suffix(".tmp"), "w", encoding="utf-8") as good_f, \
@@ -55,6 +64,7 @@ def ingest(cfg, paths) -> dict:
             if isinstance(item, Reject):
                 bad_f.write(json.dumps(item.as_dict(), ensure_ascii=False) + "\n")
                 counts["quarantined"] += 1
+                first_bad = first_bad or item
                 continue
             rec = asdict(item)
             try:
@@ -62,17 +72,29 @@ def ingest(cfg, paths) -> dict:
                 if item.id in seen:
                     raise TrajectoryError("duplicate id", "id", cfg.ingest.path, item.id)
             except TrajectoryError as e:
-                bad_f.write(json.dumps(Reject(e.source, e.record, e.field, e.reason).as_dict(),
-                                       ensure_ascii=False) + "\n")
+                reject = Reject(e.source, e.record, e.field, e.reason)
+                bad_f.write(json.dumps(reject.as_dict(), ensure_ascii=False) + "\n")
                 counts["quarantined"] += 1
+                first_bad = first_bad or reject
                 continue
             seen.add(item.id)
             good_f.write(item.to_json() + "\n")
             counts["trajectories"] += 1
             counts["steps"] += len(item.steps)
             domains[item.domain] += 1
-    os.replace(out.with_suffix(".tmp"), out)
     os.replace(bad.with_suffix(".tmp"), bad)
+    first = (f"{first_bad.source}, record {first_bad.record}, field {first_bad.field}: "
+             f"{first_bad.reason}" if first_bad else "")
+    if not counts["trajectories"]:  # an empty file would leave prepare nothing to say but "no data"
+        out.with_suffix(".tmp").unlink()
+        raise ValueError(f"ingest: none of the {counts['quarantined']} records of {cfg.ingest.path} "
+                         f"became a trajectory; every one is in {bad}. The first: {first}")
+    os.replace(out.with_suffix(".tmp"), out)
+    log.info("ingest: %d trajectories (%d steps; domains %s) -> %s", counts["trajectories"],
+             counts["steps"], dict(domains), out)
+    if counts["quarantined"]:
+        log.warning("ingest: %d records quarantined -> %s; the first: %s", counts["quarantined"],
+                    bad, first)
     summary = {"format": fmt, "input": str(cfg.ingest.path), "output": str(out),
                "trajectories": counts["trajectories"], "steps": counts["steps"],
                "quarantined": counts["quarantined"], "domains": dict(domains)}

@@ -158,6 +158,9 @@ class Domain:
     kind: str = "text"
     error_pattern: re.Pattern = ERROR
     judge_guide: str = ""         # the judge's paragraph; empty: JUDGE_GUIDES/<name>.txt if any
+    # Its real environment's collector, 'package.module:Class' (a Collector, see
+    # data_pipeline/collect/base.py); empty: its trajectories come from `lwm ingest`.
+    collector: str = ""
     demo_actions: tuple[str, ...] = ()  # plausible actions in action_format, for demos and tests
     # How a turn renders (lwm/render.py), as the benchmark's turns do: the fence of the action
     # block ("json": the action as JSON indented by 2; "python": code actions as written), and

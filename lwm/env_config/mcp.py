@@ -12,6 +12,6 @@ class McpEnvConfig:
     # Where the servers' executables are. Both must lie under /usr: the sandbox sees only the
     # host's /usr (read-only). Python servers (mcp-server-git, mcp-server-time) live in a venv
     # of the system Python; the npm ones (@modelcontextprotocol/server-*) in npm's global bin.
-    python_bin: str = "/usr/local/lib/lwm-mcp/bin"
-    node_bin: str = "/usr/bin"
+    python_bin: str = "/usr/local/lib/lwm-mcp/bin"  # the Python servers' bin folder
+    node_bin: str = "/usr/bin"         # the npm servers' bin folder
     memory_mb: int = 4096              # address-space cap per process (node reserves a lot)

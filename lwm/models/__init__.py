@@ -6,6 +6,7 @@ up; the generic code asks the family and never branches on the name.
     convert.py       HF <-> Megatron state dicts, layer by layer (`python -m lwm.models.convert`)
     megatron_ckpt.py HF checkpoints in and out of Megatron dist checkpoints, one rank
                      (`python -m lwm.models.megatron_ckpt import|export ...`)
+    megatron_names.py checkpoint names (the Transformer Engine spec's) of a Megatron model's tensors
     safetensors_io.py lazy reading and sharded writing of safetensors checkpoints
     <family>/        one folder per architecture: HF config, Megatron config and layer spec,
                      state-dict adapter, parallel-layout checks (a `ModelFamily` subclass)

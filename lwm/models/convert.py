@@ -2,9 +2,18 @@
 (lwm/models/<arch>/adapter.py) a piece at a time.
 
 The converter packages (megatron-bridge, mbridge) need Transformer Engine and CUDA; these
-adapters are plain tensor renames that run anywhere and are tested by exact round trip.
+adapters are plain tensor renames that run anywhere and are tested by exact round trip. The
+Megatron side is always named as the Transformer Engine spec names it (what `backend=megatron`
+builds on GPUs; tests/test_megatron_names.py), experts as SequentialMLP's `local_experts.K.` or
+TE's grouped `linear_fc1.weightK`; lwm.models.megatron_names maps these names onto a model built
+from Megatron's torch-only layers.
+
+Multi-token-prediction weights ('mtp.' in HF checkpoints) are not converted: the Megatron model
+is built without MTP layers. A checkpoint holding them is refused unless `drop_mtp` (--drop-mtp)
+says to leave them out, which the output then records.
 
     python -m lwm.models.convert hf2mcore SRC_HF_DIR DST.safetensors [--expert-layout sequential|te_grouped]
+                                          [--drop-mtp]
     python -m lwm.models.convert mcore2hf SRC.safetensors HF_CONFIG_DIR DST_HF_DIR
 """
 
@@ -29,10 +38,33 @@ def layout_for_hf(config):
     return family_for_hf(config.model_type).layout_from_hf(config)
 
 
-def iter_hf_to_megatron(sd, L, expert_layout: str = "sequential") -> Iterator[dict]:
+MTP_KEY = re.compile(r"(model\.(language_model\.)?)?mtp\.")
+
+
+def mtp_keys(sd) -> list[str]:
+    """The multi-token-prediction tensors of an HF state dict (released Qwen3.5 and Qwen3-Next
+    checkpoints hold them under 'mtp.')."""
+    return sorted(k for k in sd if MTP_KEY.match(k))
+
+
+def check_mtp(sd, drop_mtp: bool) -> list[str]:
+    """The MTP tensors that will be left out; refused, naming the first, unless drop_mtp."""
+    mtp = mtp_keys(sd)
+    if mtp and not drop_mtp:
+        raise ValueError(
+            f"the HF checkpoint holds {len(mtp)} multi-token-prediction tensors (first: '{mtp[0]}'), which "
+            "are not converted: the Megatron model is built without MTP layers. To leave them out "
+            "knowingly, convert with --drop-mtp (python -m lwm.models.convert hf2mcore ... --drop-mtp, or "
+            "python -m lwm.models.megatron_ckpt import CONFIG SRC <stage>/checkpoints/init --drop-mtp "
+            "before the run, which then starts from it); the output records what was dropped")
+    return mtp
+
+
+def iter_hf_to_megatron(sd, L, expert_layout: str = "sequential", drop_mtp: bool = False) -> Iterator[dict]:
     """HF -> Megatron in pieces: embedding, final norm and output layer first, then one decoder
     layer at a time (each checked for all its experts). With a lazily loaded `sd` (SafetensorsDir)
-    only the tensors of the piece being converted are read."""
+    only the tensors of the piece being converted are read. MTP tensors: see check_mtp."""
+    check_mtp(sd, drop_mtp)
     adapter = family(L.arch).adapter()
     sd = adapter.hf_view(sd)
     yield adapter.ends_to_megatron(sd, L)
@@ -52,9 +84,9 @@ def iter_megatron_to_hf(sd, L, expert_layout: str = "sequential", per_expert: bo
         yield adapter.layer_to_hf(sd, L, i, expert_layout, per_expert)
 
 
-def hf_to_megatron(sd, L, expert_layout: str = "sequential") -> dict:
-    """Full HF tensors -> full Megatron tensors (names of the torch-only layer spec)."""
-    return {k: v for piece in iter_hf_to_megatron(sd, L, expert_layout) for k, v in piece.items()}
+def hf_to_megatron(sd, L, expert_layout: str = "sequential", drop_mtp: bool = False) -> dict:
+    """Full HF tensors -> full Megatron tensors (names of the Transformer Engine layer spec)."""
+    return {k: v for piece in iter_hf_to_megatron(sd, L, expert_layout, drop_mtp) for k, v in piece.items()}
 
 
 def megatron_to_hf(sd, L, expert_layout: str = "sequential", per_expert: bool = False) -> dict:
@@ -95,6 +127,8 @@ def main(argv: list[str] | None = None) -> None:
     a.add_argument("src", type=Path)
     a.add_argument("dst", type=Path)
     a.add_argument("--expert-layout", default="sequential")
+    a.add_argument("--drop-mtp", action="store_true",
+                   help="leave out multi-token-prediction weights (recorded in the output's metadata)")
     b = sub.add_parser("mcore2hf")
     b.add_argument("src", type=Path)
     b.add_argument("config_dir", type=Path)
@@ -103,9 +137,13 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     from safetensors.torch import save_file
     if args.cmd == "hf2mcore":
-        L = _layout(args.src)
-        sd = hf_to_megatron(SafetensorsDir(args.src), L, args.expert_layout)
-        save_file({k: v.contiguous() for k, v in sd.items()}, str(args.dst))
+        L, src = _layout(args.src), SafetensorsDir(args.src)
+        dropped = check_mtp(src, args.drop_mtp)
+        sd = hf_to_megatron(src, L, args.expert_layout, drop_mtp=args.drop_mtp)
+        meta = {"format": "pt", "expert_layout": args.expert_layout}
+        if dropped:
+            meta["dropped_mtp"] = f"{len(dropped)} multi-token-prediction tensors, not converted (--drop-mtp)"
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(args.dst), metadata=meta)
     else:
         from transformers import AutoConfig, AutoModelForCausalLM
         L = _layout(args.config_dir)

@@ -6,8 +6,11 @@ Megatron model and `dist_checkpointing`, which maps the full tensors onto whatev
 layout later loads them (and gathers any layout back), so no code here knows about shards:
 - import: HF checkpoint (the job's start) -> lwm.models.convert -> one-rank GPTModel -> dist checkpoint;
 - export: dist checkpoint -> one-rank GPTModel -> lwm.models.convert -> HF safetensors + tokenizer.
-The one-rank model uses Megatron's torch-only layer spec; its checkpoint keys are the ones
-Transformer Engine layers use, so GPU runs with TE load and write the same checkpoints.
+The one-rank model uses Megatron's torch-only layer spec; the checkpoint keys are always the
+ones Transformer Engine layers use (each family's torch-only spec maps its norms onto them, and
+lwm.models.megatron_names applies the same map to the converted tensors), so GPU runs with TE
+load and write the same checkpoints. An HF checkpoint with multi-token-prediction weights is
+refused unless --drop-mtp, recorded in the dist checkpoint's `lwm_import.json`.
 
 Run by rank 0 of a training job as its own process (`python -m lwm.models.megatron_ckpt
 import|export CONFIG.yaml SRC DST`), so the job's parallel state is left alone. It needs neither
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import json
 import logging
 import os
 import shutil
@@ -61,18 +65,23 @@ def _unfilled(model) -> list[str]:
     return [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
 
 
-def import_hf(cfg, src: Path, dst: Path, vocab: int) -> None:
+def import_hf(cfg, src: Path, dst: Path, vocab: int, drop_mtp: bool = False) -> None:
     """Write the run's starting weights (HF, at src) as a Megatron dist checkpoint at dst. The HF
     tensors are read and converted a layer at a time and become the model's weights as they
     are (no copy), so the peak is about one copy of the model in the run's dtype."""
     from megatron.core import dist_checkpointing
 
-    from lwm.models.convert import iter_hf_to_megatron
+    from lwm.models.convert import check_mtp, iter_hf_to_megatron
     from lwm.models.hf import DTYPES
+    from lwm.models.megatron_names import checkpoint_names
     from lwm.models.safetensors_io import SafetensorsDir
+    hf = SafetensorsDir(src, DTYPES[cfg.backend.dtype])
+    dropped = check_mtp(hf, drop_mtp)
     model = _one_rank_model(cfg, vocab, meta=True)
+    own = {saved: key for key, saved in checkpoint_names(model).items()}  # TE names -> this model's
     unexpected = []
-    for piece in iter_hf_to_megatron(SafetensorsDir(src, DTYPES[cfg.backend.dtype]), _layout(cfg)):
+    for piece in iter_hf_to_megatron(hf, _layout(cfg), drop_mtp=drop_mtp):
+        piece = {own.get(k, k): v for k, v in piece.items()}
         unexpected += model.load_state_dict(piece, strict=False, assign=True).unexpected_keys
     missing = [k for k in _unfilled(model) if not k.endswith("_extra_state")]
     if missing or unexpected:
@@ -81,6 +90,10 @@ def import_hf(cfg, src: Path, dst: Path, vocab: int) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     dist_checkpointing.save({"model": model.sharded_state_dict()}, str(tmp))
+    if dropped:
+        (tmp / "lwm_import.json").write_text(json.dumps(
+            {"source": str(src), "dropped_mtp": dropped,
+             "why": "multi-token-prediction weights are not converted (--drop-mtp)"}, indent=1))
     tmp.rename(dst)
 
 
@@ -94,6 +107,7 @@ def export_hf(cfg, src: Path, dst: Path, vocab: int, tokenizer_dir: Path,
 
     from lwm.models.convert import iter_megatron_to_hf
     from lwm.models.hf import build_config
+    from lwm.models.megatron_names import to_checkpoint_names
     from lwm.models.safetensors_io import ShardedSafetensorsWriter
     from lwm.tokenizer import load_tokenizer
     model = _one_rank_model(cfg, vocab, meta=True).to_empty(device="cpu")  # allocated, not initialised
@@ -103,7 +117,8 @@ def export_hf(cfg, src: Path, dst: Path, vocab: int, tokenizer_dir: Path,
     tmp = dst.with_name(dst.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     writer = ShardedSafetensorsWriter(tmp, max_shard_bytes)
-    for piece in iter_megatron_to_hf(model.state_dict(), _layout(cfg), per_expert=True):
+    sd = to_checkpoint_names(model, model.state_dict())
+    for piece in iter_megatron_to_hf(sd, _layout(cfg), per_expert=True):
         if cfg.model.tie_word_embeddings:  # transformers re-ties lm_head to the embedding on load
             piece.pop("lm_head.weight", None)
         writer.add(piece)
@@ -147,6 +162,8 @@ def main(argv=None) -> None:
     ap.add_argument("src")
     ap.add_argument("dst", type=Path)
     ap.add_argument("--tokenizer", default="", help="tokenizer saved with an export (default: the run's)")
+    ap.add_argument("--drop-mtp", action="store_true",
+                    help="import: leave out multi-token-prediction weights (recorded in DST/lwm_import.json)")
     a = ap.parse_args(argv)
     if not torch.cuda.is_available():
         from lwm.models import megatron_cpu  # Megatron's CUDA-only calls, mapped onto the CPU
@@ -156,7 +173,7 @@ def main(argv=None) -> None:
     tok_dir = Path(a.tokenizer or cfg.data.tokenizer or paths.prepared / "tokenizer")
     vocab = cfg.model.vocab_size or len(load_tokenizer(tok_dir))
     if a.direction == "import":
-        import_hf(cfg, Path(a.src), a.dst, vocab)
+        import_hf(cfg, Path(a.src), a.dst, vocab, drop_mtp=a.drop_mtp)
     else:
         export_hf(cfg, Path(a.src), a.dst, vocab, tok_dir)
 

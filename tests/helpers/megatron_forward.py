@@ -15,6 +15,7 @@ if __name__ == "__main__":
     from lwm.models.convert import hf_to_megatron, layout_for_model
     from lwm.models.hf import build_model as build_hf
     from lwm.models.megatron import build_model as build_mcore
+    from lwm.models.megatron_names import to_model_names
     from lwm.train import dist as pdist
     from lwm.train.engines import megatron as mg
 
@@ -39,8 +40,9 @@ if __name__ == "__main__":
     pdist.init(always=True)
     mg.initialize_parallel(b)
     model = build_mcore(mcfg, b, 512, 64, use_te=False, cpu_init=True).eval()
-    missing, unexpected = model.load_state_dict(hf_to_megatron(hf.state_dict(), layout_for_model(mcfg)),
-                                                strict=False)
+    # conversion writes the TE spec's names; this torch-only model names its input norms its own way
+    converted = to_model_names(model, hf_to_megatron(hf.state_dict(), layout_for_model(mcfg)))
+    missing, unexpected = model.load_state_dict(converted, strict=False)
     ids = torch.randint(0, 512, (2, 80), generator=g)  # 80 > one 64-token DeltaNet chunk
     pos = torch.arange(ids.shape[1]).unsqueeze(0).expand_as(ids)
     with torch.no_grad():

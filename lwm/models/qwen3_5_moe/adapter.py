@@ -14,8 +14,10 @@ besides names:
   shift is exact for weights in [0.5, 2] (x - 1 is then representable), which norm weights are
   in practice; the other tensors are only re-laid, so they come back bit for bit.
 The released checkpoints are the vision-language model: its text weights sit under
-'model.language_model.' and are read from there; vision ('model.visual.') and multi-token-
-prediction ('mtp.') weights have no place in the text model and are left out, by name.
+'model.language_model.' and are read from there; vision ('model.visual.') weights have no place
+in the text model and are left out, by name. Multi-token-prediction ('mtp.') weights have none
+either: lwm.models.convert refuses them unless told to drop them (--drop-mtp), and only then
+does this view leave them out.
 """
 
 from __future__ import annotations
@@ -79,19 +81,23 @@ class Qwen35MoeLayout(Qwen3MoeLayout):
         return [2 * qk + v, v, self.linear_num_value_heads, self.linear_num_value_heads]
 
 
-_COMMON = {  # HF suffix after 'model.layers.{i}.' -> Megatron suffix after 'decoder.layers.{i}.'
-    "input_layernorm.weight": "input_layernorm.weight",
+# HF suffix after 'model.layers.{i}.' -> Megatron suffix after 'decoder.layers.{i}.', in the names
+# of the Transformer Engine spec (lwm.models.megatron_names): the input norm is fused into the
+# layer's first projection (linear_qkv or the DeltaNet in_proj), the MoE keeps its pre-MLP norm.
+_COMMON = {
     "post_attention_layernorm.weight": "pre_mlp_layernorm.weight",
     "mlp.gate.weight": "mlp.router.weight",
     "mlp.shared_expert.down_proj.weight": "mlp.shared_experts.linear_fc2.weight",
     "mlp.shared_expert_gate.weight": "mlp.shared_experts.gate_weight",
 }
 _FULL = {
+    "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
     "self_attn.o_proj.weight": "self_attention.linear_proj.weight",
     "self_attn.q_norm.weight": "self_attention.q_layernorm.weight",
     "self_attn.k_norm.weight": "self_attention.k_layernorm.weight",
 }
 _LINEAR = {
+    "input_layernorm.weight": "self_attention.in_proj.layer_norm_weight",
     "linear_attn.conv1d.weight": "self_attention.conv1d.weight",
     "linear_attn.dt_bias": "self_attention.dt_bias",
     "linear_attn.A_log": "self_attention.A_log",

@@ -31,5 +31,19 @@ class Qwen3Moe(ModelFamily):
         if use_te:
             return specs.get_gpt_layer_with_transformer_engine_spec(
                 num_experts=mcfg.num_experts, moe_grouped_gemm=tc.moe_grouped_gemm, qk_layernorm=True)
-        return specs.get_gpt_layer_local_spec(num_experts=mcfg.num_experts, moe_grouped_gemm=False,
+        spec = specs.get_gpt_layer_local_spec(num_experts=mcfg.num_experts, moe_grouped_gemm=False,
                                               qk_layernorm=True, normalization="RMSNorm")
+        spec.submodules.sharded_state_dict_keys_map = te_keys_map(moe=bool(mcfg.num_experts))
+        return spec
+
+
+def te_keys_map(moe: bool) -> dict[str, str]:
+    """The torch-only layer's norms under the names of the TE layer (lwm.models.megatron_names).
+    TE fuses the input norm into linear_qkv, and the pre-MLP norm into linear_fc1 only for a
+    dense MLP: an MoE layer keeps `pre_mlp_layernorm` (the router and the experts share it).
+    Megatron's local spec maps the pre-MLP norm to linear_fc1 for MoE layers too, which no TE
+    model loads."""
+    keys_map = {"input_layernorm.": "self_attention.linear_qkv.layer_norm_"}
+    if not moe:
+        keys_map["pre_mlp_layernorm."] = "mlp.linear_fc1.layer_norm_"
+    return keys_map

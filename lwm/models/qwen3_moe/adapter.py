@@ -5,6 +5,9 @@ adapter only renames and re-lays tensors (torchtitan's state-dict-adapter way), 
 - q/k/v -> linear_qkv, grouped per KV head: [q heads of group g, k_g, v_g] for each group g;
 - experts -> one entry per expert (SequentialMLP 'local_experts.{e}.linear_fc1', or TE's grouped
   'linear_fc1.weight{e}'), fc1 = [gate; up] stacked as HF's fused gate_up_proj already is;
+- every Megatron name is the one of the Transformer Engine layer spec (the GPU model), the
+  input norm as `self_attention.linear_qkv.layer_norm_weight`; lwm.models.megatron_names maps
+  them onto a torch-only model's own names;
 - HF holds experts fused ([E, 2I, H] gate_up_proj, [E, H, I] down_proj, transformers >= 5) or
   per expert on disk ('experts.{e}.gate_proj.weight'); both are read, the fused form written
   unless `per_expert=True`.
@@ -49,8 +52,10 @@ class Qwen3MoeLayout:
 
 
 # Tensors that only change name (HF suffix after 'model.layers.{i}.', Megatron after 'decoder.layers.{i}.').
+# The Megatron names are the Transformer Engine layer's (lwm.models.megatron_names): the input
+# norm is fused into linear_qkv, the MoE layer keeps its own pre-MLP norm.
 _LAYER_RENAMES = {
-    "input_layernorm.weight": "input_layernorm.weight",
+    "input_layernorm.weight": "self_attention.linear_qkv.layer_norm_weight",
     "post_attention_layernorm.weight": "pre_mlp_layernorm.weight",
     "self_attn.o_proj.weight": "self_attention.linear_proj.weight",
     "self_attn.q_norm.weight": "self_attention.q_layernorm.weight",
