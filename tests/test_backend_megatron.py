@@ -135,7 +135,7 @@ def test_sft_on_megatron_trains_the_lwm_sft_samples(prepared_run, sft_init, tmp_
     from sft.train import tokenized_samples
     run = tmp_path / "run"
     shutil.copytree(prepared_run, run)
-    run_cli("sft", run, f"sft.init={sft_init}", "sft.max_steps=3", "sft.batch_size=2", "sft.max_length=512",
+    run_cli("sft", run, f"sft.init={sft_init}", "sft.max_steps=3", "sft.batch_size=2", "sft.max_length=1024",
             "sft.save_every=2", "sft.warmup_steps=1", "backend=megatron", "backend.dtype=float32",
             "backend.megatron.grouped_gemm=false", "backend.num_threads=1", env=_env())
     m = json.loads((run / "sft" / "metrics.json").read_text())
@@ -143,8 +143,8 @@ def test_sft_on_megatron_trains_the_lwm_sft_samples(prepared_run, sft_init, tmp_
 
     tok = load_tokenizer(sft_init)
     records = datasets.Dataset.from_parquet(sorted(str(p) for p in (run / "prepare" / "sft").glob("*.parquet")))
-    rows, _ = tokenized_samples(tok, records, 512, False)
-    ids, labels = RowBatches(rows, 512, tok.pad_token_id, seed=0).batch(0, 2)
+    rows, _ = tokenized_samples(tok, records, 1024, False)
+    ids, labels = RowBatches(rows, 1024, tok.pad_token_id, seed=0).batch(0, 2)
     hf = AutoModelForCausalLM.from_pretrained(sft_init).eval()
     with torch.no_grad():
         ref = hf(input_ids=ids, labels=labels, use_cache=False).loss.item()
