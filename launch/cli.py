@@ -23,6 +23,7 @@ from omegaconf.errors import OmegaConfBaseException
 from launch import CONFIG_DIR
 from launch.keys import UsageError, check_overrides, closest
 from launch.stages import COMMANDS
+from launch.identity import IdentityMismatch
 from launch.upstream import MissingInput
 from lwm.config import register_configs
 
@@ -35,9 +36,10 @@ def _hydra_entry(cfg: DictConfig):
     from launch.stages import run_stage
     try:
         return run_stage(cfg)
-    except MissingInput as err:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            raise  # a sweep's job fails as a job; Hydra reports it
+    except (MissingInput, IdentityMismatch) as err:
+        hc = HydraConfig.get()
+        if hc.mode == RunMode.MULTIRUN:  # the job's message, without a traceback; the sweep stops
+            print(f"lwm: sweep job {hc.job.num} ({' '.join(hc.overrides.task)}) refused:", file=sys.stderr)
         _refuse(cfg.stage, err)
 
 

@@ -146,6 +146,32 @@ def link_upstream(cfg, root: Path, runs: list[str]) -> None:
             _wait_for_link(root / stage, target)
 
 
+def _refuse_changed(link: Path, store: Path, record: dict) -> None:
+    """A sweep job whose stage already links to an output made with other settings (the same
+    sweep folder rerun with new values) refuses, as an unshared run does (launch/identity.py):
+    re-pointing it would silently replace what the job folder reported before."""
+    if not link.is_symlink() or link.resolve() == store.resolve():
+        return
+    old_store = link.resolve()
+    old_file = old_store.with_name(old_store.name + ".json")
+    if old_store.parent.name != "_shared" or not old_file.exists():
+        return  # a reuse.<stage> or base-run link: the user chose it, and may choose again
+    old = json.loads(old_file.read_text())
+    diff = [f"{k}: {old['config'].get(k, '<unset>')} -> {record['config'].get(k, '<unset>')}"
+            for k in sorted(set(old["config"]) | set(record["config"]))
+            if old["config"].get(k, "<unset>") != record["config"].get(k, "<unset>")]
+    diff += [f"input {k}: {old['reads'].get(k)} -> {record['reads'].get(k)}"
+             for k in sorted(set(old["reads"]) | set(record["reads"]))
+             if old["reads"].get(k) != record["reads"].get(k)]
+    from launch.identity import IdentityMismatch
+    raise IdentityMismatch(
+        f"{record['stage']}: {link} is this sweep job's earlier output, made with other settings:\n  "
+        + "\n  ".join(diff or ["(same settings, other code or record)"])
+        + f"\nA sweep folder holds one set of values per job: rerun with the recorded values "
+          f"({old_file}), or use another hydra.sweep.dir= or run_name=. The earlier output stays "
+          f"in {old_store}.")
+
+
 @contextmanager
 def shared_stage(cfg, stage: str, root: Path):
     """Run `stage` of a sweep job in the sweep's store (see the module doc); elsewhere, or for a
@@ -165,6 +191,7 @@ def shared_stage(cfg, stage: str, root: Path):
     key_file = store.with_name(store.name + ".json")
     if not key_file.exists():
         key_file.write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
+    _refuse_changed(root / stage, store, record)
     _link(root / stage, store, "shared by the sweep's jobs with these settings")
     with open(store.with_name(store.name + ".lock"), "a+") as f:
         try:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from launch.share import in_sweep
+
 
 class MissingInput(FileNotFoundError):
     """A stage's input is absent: the CLI prints the message alone, without a traceback."""
@@ -53,9 +55,14 @@ def _shown(path: Path) -> str:
 
 def _run_args(cfg, root: Path) -> str:
     """The override that points a command at this run: its name, when the run lives where the
-    name puts it (or is a job of its sweep, which reads the base run's stages)."""
-    if root.name == cfg.run_name or root.parent.name == f"{cfg.run_name}-sweep":
-        return f"run_name={cfg.run_name}"
+    name puts it. A sweep's job reads the stages it does not run from the base run beside the
+    sweep folder (launch/share.py), so that is the run to make them in."""
+    sweep = in_sweep()
+    if sweep is not None:
+        root = sweep.parent / cfg.run_name
+    if root.name == cfg.run_name:
+        return f"run_name={cfg.run_name}" + ("" if sweep is None or root.parent.name == "runs"
+                                             else f" hydra.run.dir={_shown(root)}")
     return f"hydra.run.dir={_shown(root)}"
 
 
@@ -81,7 +88,8 @@ def check(stage: str, cfg, root: Path) -> None:
         run = f"run `lwm {need.writer} {_run_args(cfg, root)}`"
         if need.also:
             run += f" (or {need.also})"
-        instead = " or ".join(f"{k}=..." for k in need.instead)
+        instead = " or ".join(f"{k}=..." for k in need.instead + ((f"reuse.{need.writer}",)
+                                                                 if in_sweep() is not None else ()))
         missing.append(f"no {need.what} at {where}: {run} first"
                        + (f" (or set {instead})" if instead else ""))
     if missing:

@@ -190,6 +190,16 @@ def test_the_cli_says_which_stage_to_run_before_the_stage_starts(tmp_path):
     assert not (tmp_path / "sft").exists()  # refused before the stage recorded anything
 
 
+def test_a_sweep_job_names_its_missing_input_without_a_traceback(tmp_path):
+    res = lwm("sft", "-m", "sft.lr=1e-4,1e-3", f"hydra.sweep.dir={tmp_path}", "run_name=nothing_here",
+              "wandb.mode=disabled")
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    # the jobs read what they do not run from the base run beside the sweep folder
+    assert "sweep job 0 (stage=sft sft.lr=0.0001 " in res.stderr
+    assert f"run `lwm prepare run_name=nothing_here hydra.run.dir={tmp_path.parent / 'nothing_here'}` first" \
+        in res.stderr and "reuse.prepare=..." in res.stderr
+
+
 def test_the_commands_in_the_docs_pass_the_override_check():
     """Every `lwm STAGE KEY=VALUE ...` the docs show names keys and presets that exist."""
     import shlex
