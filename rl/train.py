@@ -23,6 +23,7 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import torch
 from omegaconf import DictConfig
 from trl import GRPOConfig, GRPOTrainer
 
@@ -35,6 +36,7 @@ from lwm.train.trl import (ExactResume, backend_args, carried, check_world, mark
 from rl.rewards import HybridReward
 
 log = logging.getLogger("lwm.rl")
+GENERATION_BUFFER = "generation_buffer"  # a checkpoint's <this>_<rank>.pt: Trainer's generation block
 
 # Per-step series kept in metrics.json (TRL's log names; prefixes match every key under them).
 LOGGED = ("reward", "reward_std", "rewards/", "rubric/", "judge/", "guard/", "completions/mean_length",
@@ -63,7 +65,34 @@ ALGORITHMS = {
 
 class Trainer(ExactResume, GRPOTrainer):
     """TRL's GRPOTrainer, resuming every weight of its checkpoint and the reward counts of the
-    run so far (lwm.train.trl.ExactResume)."""
+    run so far (lwm.train.trl.ExactResume), and inside a generation block as well.
+
+    With steps_per_generation above grad_accum (gspo), one generation serves several optimizer
+    steps from GRPOTrainer's buffer (`_buffered_inputs`, sliced by its micro-step counter
+    `_step`); neither is in TRL's checkpoint, so a run resumed inside the block would generate
+    anew, with other completions and a second round of judge calls, and its later generations
+    would fall on other steps. Each rank saves both beside its RNG state and loads them back with
+    it (the Trainer restores the RNG state on every resume, DeepSpeed's included)."""
+
+    def _buffer_file(self, folder) -> Path:
+        return Path(folder) / f"{GENERATION_BUFFER}_{self.args.process_index}.pt"
+
+    def _save_rng_state(self, output_dir):
+        super()._save_rng_state(output_dir)
+        torch.save({"step": self._step, "buffered_inputs": self._buffered_inputs}, self._buffer_file(output_dir))
+
+    def _load_rng_state(self, checkpoint):
+        super()._load_rng_state(checkpoint)
+        if checkpoint is None:
+            return
+        path = self._buffer_file(checkpoint)
+        if not path.exists():
+            raise FileNotFoundError(
+                f"resume: {path} is missing (the checkpoint was written by an older version or another "
+                "number of ranks): the generation block it stopped in cannot be resumed exactly; start "
+                "over with rl.resume=never")
+        state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
+        self._step, self._buffered_inputs = state["step"], state["buffered_inputs"]
 
 
 def rl_prompts(tok, shards: list[str], max_prompt_length: int) -> tuple[datasets.Dataset, dict]:

@@ -205,6 +205,23 @@ def test_rl_killed_resumes_exactly_and_counts_the_whole_run(rl_whole, prepared_r
     assert_identical(weights(rl_whole, "rl"), weights(run, "rl"))
 
 
+def test_gspo_killed_inside_a_generation_block_resumes_exactly(prepared_run, sft_init, tmp_path, judge):
+    """GSPO's one generation serves all 4 steps (steps_per_generation = 4 x grad_accum). Killed at
+    step 3, the run resumes from checkpoint-2 inside that block: before the generation buffer was
+    checkpointed, it generated again (32 judge calls instead of 16, other completions, other weights)."""
+    steps = [*rl_steps(judge), "rl.algorithm=gspo"]
+    whole = fresh(prepared_run, tmp_path / "whole")
+    expected = trained("rl", whole, sft_init, steps=steps)
+    assert expected["judge_calls"] == 16  # one generation of 4 prompts x 4 completions
+    run = fresh(prepared_run, tmp_path / "killed")
+    killed("rl", run, sft_init, "microstep:3", steps=steps)
+    assert (run / "rl" / "checkpoints" / "checkpoint-2" / "generation_buffer_0.pt").exists()
+    got = trained("rl", run, sft_init, steps=steps)
+    for key in ("scored_completions", "judge_calls", "reward_curve", "steps"):
+        assert got[key] == expected[key], key
+    assert_identical(weights(whole, "rl"), weights(run, "rl"))
+
+
 def test_deepspeed_rl_killed_mid_save_resumes_exactly(prepared_run, sft_init, tmp_path, judge):
     steps = rl_steps(judge, ("backend=deepspeed", "backend.deepspeed.zero_stage=2"))
     whole = fresh(prepared_run, tmp_path / "whole")
