@@ -17,10 +17,12 @@ pipelines as Slurm job arrays (datatrove's SlurmPipelineExecutor).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
+import re
 import shlex
 import struct
 from collections import Counter
@@ -42,11 +44,12 @@ from datatrove.utils.word_tokenizers import WordTokenizer
 
 from data_pipeline.curate.dedup import Decontaminator, content_text
 from data_pipeline.curate.filters import clean_turns, drop_reason
-from data_pipeline.curate.redact import redact_trajectory
+from data_pipeline.curate.redact import redact_text, redact_trajectory
 from data_pipeline.progress import QuietLocalExecutor
 from lwm.config import DataConfig, PrepareConfig, PrepareSlurmConfig
 from lwm.domains import get_domain, register_extra
-from lwm.schema import Trajectory, TrajectoryError, validate
+from lwm.schema import (MALFORMED, MAX_DEPTH, Trajectory, TrajectoryError, check_values,
+                        encodable, jsonl_lines, parse_line, validate)
 
 log = logging.getLogger("lwm.engine")
 # Trajectories differ in names, numbers and punctuation (paths, flags, values) that prose
@@ -83,9 +86,13 @@ def write_json(path: Path, obj) -> None:
 
 class ReadAndCurate(PipelineStep):
     """Reads trajectory JSONL (task r takes every line i with i % world == r), validates it
-    (bad records -> quarantine with file, line, field, reason), then redacts, cleans turns,
-    applies the recipe's filters and decontaminates. Survivors become documents whose text
-    is what dedup compares and whose metadata carries the record and its trainable turns."""
+    (bad records -> quarantine with file, line, byte offset, field, reason), then redacts, cleans
+    turns, applies the recipe's filters and decontaminates. Survivors become documents whose text
+    is what dedup compares and whose metadata carries the record and its trainable turns.
+
+    Input is read as bytes and only a task's own lines are decoded: a line that is not UTF-8,
+    not JSON, too long, too deep or holds a lone surrogate is quarantined like any other bad
+    record, so nothing that datatrove's writers cannot encode gets past this step."""
 
     name = "read+curate"
     type = "lwm"
@@ -102,44 +109,42 @@ class ReadAndCurate(PipelineStep):
         work = Path(self.work)
         counts = {"in": 0, "quarantined": Counter(), "filtered": Counter(), "redactions": Counter(),
                   "turns": Counter()}
-        domains = {}
+        domains, known = {}, set(self.data.domains)
         qpath = work / "quarantine" / f"{rank:05d}.jsonl"
         qpath.parent.mkdir(parents=True, exist_ok=True)
         index = -1
         ids = IdWriter(work, rank)
         with ids, open(qpath, "w", encoding="utf-8") as quarantine:
             for path in self.inputs:
-                with open(path, encoding="utf-8") as f:
-                    for lineno, line in enumerate(f, 1):
-                        if not line.strip():
-                            continue
-                        index += 1
-                        if index % world_size != rank:
-                            continue
-                        counts["in"] += 1
-                        rec = None
-                        try:
-                            try:
-                                rec = json.loads(line)
-                            except json.JSONDecodeError as e:
-                                raise TrajectoryError(f"invalid JSON ({e.msg} at column {e.colno})",
-                                                      "<line>", path, lineno) from None
-                            validate(rec, path, lineno, domains=set(self.data.domains))
-                        except TrajectoryError as e:
-                            counts["quarantined"][reason_key(e)] += 1
-                            quarantine.write(json.dumps(
-                                {"file": path, "line": lineno, "field": e.field, "reason": e.reason,
-                                 "record": rec if isinstance(rec, dict) else None},
-                                ensure_ascii=False) + "\n")
-                            continue
+                for lineno, offset, raw in jsonl_lines(path, p.max_record_bytes):
+                    index += 1
+                    if index % world_size != rank:
+                        continue
+                    counts["in"] += 1
+                    rec = None
+                    try:
+                        if isinstance(raw, TrajectoryError):  # too long: never read
+                            raise raw
+                        rec = parse_line(raw, path, lineno)
+                        validate(rec, path, lineno, domains=known)
+                        check_values(rec, path, lineno)
                         traj = Trajectory.from_dict(rec, path, lineno)
                         if traj.domain not in domains:
                             domains[traj.domain] = get_domain(traj.domain)
-                        doc = self._curate(traj, domains[traj.domain], decontam, counts)
-                        if doc is not None:  # its place in the input, in any task layout
-                            doc.metadata["order"] = index
-                            ids.add(traj.id, index)
-                            yield doc
+                        try:
+                            doc = self._curate(traj, domains[traj.domain], decontam, counts)
+                        except MALFORMED as e:  # a domain's hook tripped on a record the schema allows
+                            why = f"the {traj.domain} domain cannot read it ({type(e).__name__}: {e})"
+                            raise TrajectoryError(why, "<record>", path, lineno) from None
+                    except TrajectoryError as e:
+                        entry = quarantine_entry(e, path, lineno, offset, raw, rec, p)
+                        counts["quarantined"][reason_key(entry["field"], entry["reason"])] += 1
+                        quarantine.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                        continue
+                    if doc is not None:  # its place in the input, in any task layout
+                        doc.metadata["order"] = index
+                        ids.add(traj.id, index)
+                        yield doc
         counts = {k: (dict(v) if isinstance(v, Counter) else v) for k, v in counts.items()}
         write_json(work / "stats" / f"curate_{rank:05d}.json", counts)
 
@@ -237,8 +242,8 @@ def is_duplicate(orders: np.ndarray, order: int) -> bool:
 
 class CheckCurated(PipelineStep):
     """One task after curation: when no record survived it, stop with why (the counts and the
-    first quarantined record's file, line, field and reason) rather than let the next step fail
-    on an empty folder."""
+    first quarantined record's file, line, byte offset, field and reason, redacted as the
+    quarantine is) rather than let the next step fail on an empty folder."""
 
     name = "check curated"
     type = "lwm"
@@ -266,7 +271,8 @@ class CheckCurated(PipelineStep):
             if line:
                 q = json.loads(line)
                 msg += (f". The first quarantined: {q['file']}, line {q['line']}, field {q['field']}: "
-                        f"{q['reason']} (all of them in {work / 'quarantine'})")
+                        f"{q['reason']} (the line starts at byte {q['offset']}; all of them in "
+                        f"{work / 'quarantine'})")
                 if "unknown domain" in q["reason"]:
                     msg += (f". The run's domains are {', '.join(self.domains)}: data.domains plus "
                             "those data.extra_domains declares")
@@ -275,10 +281,41 @@ class CheckCurated(PipelineStep):
         yield  # a generator, as datatrove expects of a step
 
 
-def reason_key(e: TrajectoryError) -> str:
+def reason_key(field: str, reason: str) -> str:
     """A quarantine reason without record-specific values, for counting."""
-    import re
-    return f"{e.field}: " + re.sub(r"'[^']*'|\d+", "*", e.reason.split(" (")[0])
+    return f"{field}: " + re.sub(r"'[^']*'|\d+", "*", reason.split(" (")[0])
+
+
+def quarantine_entry(e: TrajectoryError, path: str, lineno: int, offset: int, raw, rec,
+                     prepare: PrepareConfig) -> dict:
+    """What the quarantine keeps of a bad line: where it is (file, line, byte offset), the field
+    and the reason, and the record (or, when it did not parse, the line's text) redacted as the
+    outputs are (prepare.redact). Its bytes only with prepare.quarantine_raw, unredacted."""
+    scrub = redact_text if prepare.redact else str
+    entry = {"file": path, "line": lineno, "offset": offset, "field": encodable(scrub(e.field)),
+             "reason": encodable(scrub(e.reason)), "record": None}
+    rec = e.value if e.value is not None else rec
+    if isinstance(rec, dict):
+        entry["record"] = _scrubbed(rec, scrub, MAX_DEPTH)
+    elif isinstance(raw, bytes):
+        entry["text"] = encodable(scrub(raw.decode("utf-8", "replace").rstrip("\r\n")))
+    if prepare.quarantine_raw and isinstance(raw, bytes):
+        entry["raw"] = base64.b64encode(raw).decode("ascii")
+    return entry
+
+
+def _scrubbed(value, scrub, depth: int):
+    """`value` with every string (keys too) through `scrub` and lone surrogates as U+FFFD, so the
+    quarantine can always be written; containers deeper than `depth` are elided."""
+    if isinstance(value, str):
+        return encodable(scrub(value))
+    if isinstance(value, (dict, list)) and depth == 0:
+        return f"<nested deeper than {MAX_DEPTH} levels>"
+    if isinstance(value, dict):
+        return {_scrubbed(k, scrub, 0): _scrubbed(v, scrub, depth - 1) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrubbed(v, scrub, depth - 1) for v in value]
+    return value
 
 
 class Executors:

@@ -1,15 +1,19 @@
 """`lwm prepare`: trajectories in; CPT shards, SFT samples, RL prompts and eval sets out.
 
 Inputs: prepare.input (else the run's collect output, when there is one), every ingest/*.jsonl
-of the run and data.trajectories, each file once. validate -> quarantine bad records (with the
-reason) -> redact secrets -> the recipe's filters -> decontaminate against eval sets (nothing
-left: stop, saying why) -> one record per trajectory id (the first in input order) -> MinHash
-dedup (exact and near) -> split train/held-out by
-trajectory -> tokenizer (data.tokenizer; else the starting checkpoint's, cpt.init or model.path;
-else trained on the first trajectories of the train split) -> CPT shards (Megatron .bin/.idx,
-packed, with a loss mask by turn type) -> SFT samples and RL prompts (parquet shards) -> eval
-sets (AgentWorldBench JSONL) -> manifest (counts, the tokenizer's fingerprint, and every
-published file's size and content hash, which readers and the up-to-date check verify).
+of the run and data.trajectories, each file once, read as bytes and decoded line by line.
+validate -> quarantine bad records (prepare/quarantine.jsonl: file, line, byte offset, field,
+reason, and the record, or the text of a line that did not parse, redacted as the outputs are;
+a line that is not UTF-8, not JSON, longer than prepare.max_record_bytes, nested too deep or
+holding a lone surrogate is one more bad record, never a crash) -> redact secrets -> the
+recipe's filters -> decontaminate against eval sets (nothing left: stop, saying why) -> one
+record per trajectory id (the first in input order) -> MinHash dedup (exact and near) -> split
+train/held-out by trajectory -> tokenizer (data.tokenizer; else the starting checkpoint's,
+cpt.init or model.path; else trained on the first trajectories of the train split) -> CPT shards
+(Megatron .bin/.idx, packed, with a loss mask by turn type) -> SFT samples and RL prompts
+(parquet shards) -> eval sets (AgentWorldBench JSONL) -> manifest (counts, the tokenizer's
+fingerprint, and every published file's size and content hash, which readers and the
+up-to-date check verify).
 Counts reconcile: in = kept + quarantined + filtered. Which records are kept, the split and the
 tokenizer do not depend on `prepare.tasks`.
 

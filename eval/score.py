@@ -8,17 +8,22 @@ samples as "Overall"; the paper's table uses the MACRO mean over domains; both a
 each labelled. The A/B modes
 (Turing test, reference comparison) report the rate of wins per domain, micro and macro.
 
-Rule (no judge): the domain's verifier plus similarity (chrF, ROUGE-L, BLEU-4, our own code),
-error handling (does the prediction fail where the real environment failed) and long-context
-consistency (are the identifiers the real observation carries over from earlier turns kept).
+Rule (no judge): the domain's verifier plus similarity (chrF, ROUGE-L, BLEU-4: our own code,
+counted in numpy and rapidfuzz), error handling (does the prediction fail where the real
+environment failed) and long-context consistency (are the identifiers the real observation
+carries over from earlier turns kept).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections import Counter, defaultdict
 from statistics import mean
+
+import numpy as np
+from rapidfuzz.distance import LCSseq
 
 from lwm.domains import Domain
 from lwm.endpoints.judge import DIMENSIONS
@@ -29,6 +34,7 @@ _NO_RESULT = re.compile(r"(?i)(no (results?|matches|items|entries|records)|nothi
                         r"0 results|empty|\[\]|\{\})")
 _PAGE = re.compile(r"(?i)(page \d+|next page|more results|\d+\s*(of|/)\s*\d+|next_page|cursor|"
                    r"showing \d+|truncated)")
+_TOKEN = re.compile(r"\w+|[^\w\s]")
 _SALIENT = re.compile(r"[\w./-]*[\d_./][\w./-]*|\"[^\"\n]{3,40}\"")
 
 
@@ -76,44 +82,133 @@ def aggregate_ab(rows: list[dict], key: str) -> dict:
             "macro": mean(scored) if scored else None}
 
 
-# ---- similarity, computed here so rule mode needs nothing beyond the standard library ----
+# ---- similarity: chrF, ROUGE-L, BLEU-4 as defined below, counted natively ----
+# Rule mode scores every benchmark sample and RL rollout, so the counting runs in native code:
+# n-grams as packed integer codes in numpy (not dicts of substrings), the LCS by rapidfuzz
+# (bit-parallel and exact) on token ids, means rounded once as statistics.mean rounds them.
+# The values are those of the plain Counter/dynamic-programming definitions to the last bit:
+# bench/bench_score.py keeps that code, and compares and times both.
+
+_TAG = 56           # an n-gram's code: its order k from this bit on, its items below
+_TRUE, _ZERO = np.ones(1, bool), np.zeros(1, np.int64)
+
+
+def _mean(xs: list[float]) -> float:
+    """statistics.mean of floats (their exact sum over n, rounded once), without Fractions."""
+    ratios = [x.as_integer_ratio() for x in xs]
+    den = max(d for _, d in ratios)                  # powers of two: the largest is a multiple
+    return sum(num * (den // d) for num, d in ratios) / (den * len(xs))
+
+
+@functools.lru_cache(maxsize=64)
+def _packing(n: int, bits: int):
+    """For windows of n fields of bits + 1 bits (an item, and above it the side bit): the
+    weights that pack a window into one code (first field highest), the shifts that cut it to
+    its k-field prefix (k = 1..n), the order tags, where each order's codes end, the side bit,
+    the mask that clears every field's side bit, and the pads that end each side."""
+    width = bits + 1
+    weights = np.array([1 << (width * (n - 1 - j)) for j in range(n)], np.uint64)
+    shifts = np.array([[width * (n - k)] for k in range(1, n + 1)], np.uint64)
+    tags = np.array([[k << _TAG] for k in range(1, n + 1)], np.uint64)
+    side = 1 << bits
+    no_side = ~sum(side << (width * j) for j in range(n)) & (1 << 64) - 1
+    ends = np.array([(k + 1) << _TAG for k in range(1, n + 1)], np.uint64)
+    return (weights, shifts, tags, ends, np.uint64(side), np.uint64(no_side),
+            np.zeros(n, np.uint64), np.full(n, side - 1, np.uint64))
+
+
+@functools.lru_cache(maxsize=32)
+def _window_index(n: int, rows: int) -> np.ndarray:
+    """Row i: i, i+1, ..., i+n-1 (rows a power of two, sliced to the length needed)."""
+    return np.arange(rows)[:, None] + np.arange(n)
+
+
+def _ngram_matches(x: np.ndarray, y: np.ndarray, n: int, bits: int) -> list[int]:
+    """For k = 1..n, the clipped matches of x and y: the sum over k-grams of min(count in x,
+    count in y). x, y: item codes in [1, 2**bits - 2]; (bits + 1) * n <= _TAG, n < 255.
+
+    Both sequences go through one sort of whole windows: y's items carry a side bit, and each
+    side ends in n pad items (x: 0, y: 2**bits - 1, so the prefixes that run past an end match
+    nothing). A k-gram is the k-field prefix of the window at its first item, so sorting the
+    windows sorts each order by (side, gram) with no further sort."""
+    weights, shifts, tags, ends, side, no_side, x_pad, y_pad = _packing(n, bits)
+    z = np.concatenate((x, x_pad, y | side, y_pad))
+    m = len(z) - n
+    windows = np.sort(z[_window_index(n, 1 << (m - 1).bit_length())[:m]] @ weights)
+    grams = ((windows[n:] >> shifts) | tags).ravel()   # x's n pad windows sort first: cut
+    edges = np.flatnonzero(np.concatenate((_TRUE, grams[1:] != grams[:-1], _TRUE)))
+    counts = edges[1:] - edges[:-1]
+    grams = grams[edges[:-1]] & no_side             # per order: x's grams, then y's, each sorted
+    order = np.argsort(grams, kind="stable")        # sorted runs: merged in linear time
+    grams, counts = grams[order], counts[order]
+    # a gram both sides hold is two neighbours, one of each; orders are contiguous (by tag)
+    matched = np.minimum(counts[1:], counts[:-1]) * (grams[1:] == grams[:-1])
+    upto = np.concatenate((_ZERO, np.cumsum(matched)))[grams[1:].searchsorted(ends)].tolist()
+    return [upto[0]] + [upto[k] - upto[k - 1] for k in range(1, n)]
+
+
+def _ngram_matches_py(x, y, n: int) -> list[int]:
+    """The same counts with Counters, for vocabularies too large to pack."""
+    hits = []
+    for k in range(1, n + 1):
+        p = Counter(tuple(x[i:i + k]) for i in range(len(x) - k + 1))
+        r = Counter(tuple(y[i:i + k]) for i in range(len(y) - k + 1))
+        hits.append(sum((p & r).values()))
+    return hits
+
+
+def _matches(x, y, n: int, vocab: int) -> list[int]:
+    """Clipped k-gram matches, k = 1..n, of two sequences of ids in [1, vocab]."""
+    bits = (vocab + 1).bit_length()
+    if (bits + 1) * n > _TAG or n + 1 >= 1 << (64 - _TAG):
+        return _ngram_matches_py(x, y, n)
+    return _ngram_matches(np.asarray(x, np.uint64), np.asarray(y, np.uint64), n, bits)
+
+
+def _ids(a, b) -> tuple[list[int], list[int], int]:
+    """Two sequences as ids in [1, size of their joint vocabulary], and that size."""
+    vocab = {t: i for i, t in enumerate(set(a) | set(b), 1)}
+    return list(map(vocab.__getitem__, a)), list(map(vocab.__getitem__, b)), len(vocab)
+
 
 def chrf(pred: str, ref: str, n: int = 6, beta: float = 2.0) -> float:
     """Character n-gram F-score (chrF, n = 1..6, recall weighted by beta), in [0, 1]."""
-    pred, ref = re.sub(r"\s+", " ", pred.strip()), re.sub(r"\s+", " ", ref.strip())
+    pred, ref = " ".join(pred.split()), " ".join(ref.split())   # = re.sub(r"\s+", " ", strip)
     if not pred and not ref:
         return 1.0
+    if pred.isascii() and ref.isascii():            # the bytes + 1 are ids already
+        x, y, vocab = (np.frombuffer(pred.encode(), np.uint8) + np.uint64(1),
+                       np.frombuffer(ref.encode(), np.uint8) + np.uint64(1), 128)
+    else:
+        x, y, vocab = _ids(pred, ref)
+    hits = _matches(x, y, n, vocab)
     precisions, recalls = [], []
-    for k in range(1, n + 1):
-        p = Counter(pred[i:i + k] for i in range(len(pred) - k + 1))
-        r = Counter(ref[i:i + k] for i in range(len(ref) - k + 1))
-        if not p or not r:
-            continue
-        hit = sum((p & r).values())
-        precisions.append(hit / sum(p.values()))
-        recalls.append(hit / sum(r.values()))
+    for k, hit in enumerate(hits, 1):
+        p, r = len(pred) - k + 1, len(ref) - k + 1
+        if p > 0 and r > 0:                         # orders both texts are long enough for
+            precisions.append(hit / p)
+            recalls.append(hit / r)
     if not precisions:
         return 0.0
-    P, R = mean(precisions), mean(recalls)
+    P, R = _mean(precisions), _mean(recalls)
     return 0.0 if P + R == 0 else (1 + beta ** 2) * P * R / (beta ** 2 * P + R)
 
 
 def _tokens(text: str) -> list[str]:
-    return re.findall(r"\w+|[^\w\s]", text)
+    return _TOKEN.findall(text)
 
 
 def rouge_l(pred: str, ref: str, cap: int = 400) -> float:
     """ROUGE-L F1 over word/punctuation tokens (LCS; the first `cap` tokens of each)."""
-    a, b = _tokens(pred)[:cap], _tokens(ref)[:cap]
+    return _rouge_l(*_ids(_tokens(pred), _tokens(ref))[:2], cap)
+
+
+def _rouge_l(a: list[int], b: list[int], cap: int = 400) -> float:
+    """ROUGE-L of two token-id sequences (ids, not strings: LCSseq compares them exactly)."""
+    a, b = a[:cap], b[:cap]
     if not a or not b:
         return float(a == b)
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    lcs = prev[-1]
+    lcs = LCSseq.similarity(a, b)
     if lcs == 0:
         return 0.0
     p, r = lcs / len(a), lcs / len(b)
@@ -122,21 +217,23 @@ def rouge_l(pred: str, ref: str, cap: int = 400) -> float:
 
 def bleu(pred: str, ref: str, n: int = 4) -> float:
     """Sentence BLEU-4 with add-one smoothing of the higher orders and the brevity penalty."""
-    a, b = _tokens(pred), _tokens(ref)
+    return _bleu(*_ids(_tokens(pred), _tokens(ref)), n)
+
+
+def _bleu(a: list[int], b: list[int], vocab: int, n: int = 4) -> float:
+    """BLEU of two token-id sequences with ids in [1, vocab]."""
     if not a or not b:
         return float(a == b)
     logs = []
-    for k in range(1, n + 1):
-        p = Counter(tuple(a[i:i + k]) for i in range(len(a) - k + 1))
-        r = Counter(tuple(b[i:i + k]) for i in range(len(b) - k + 1))
-        hit, total = sum((p & r).values()), max(sum(p.values()), 0)
+    for k, hit in enumerate(_matches(a, b, n, vocab), 1):
+        total = max(len(a) - k + 1, 0)
         if k > 1:
             hit, total = hit + 1, total + 1
         if hit == 0 or total == 0:
             return 0.0
         logs.append(math.log(hit / total))
     bp = 1.0 if len(a) > len(b) else math.exp(1 - len(b) / len(a))
-    return bp * math.exp(mean(logs))
+    return bp * math.exp(_mean(logs))
 
 
 # ---- behaviour checks ----
@@ -175,8 +272,9 @@ def rule_row(domain, prediction_obs: str, raw_prediction: str, reference: str, h
     """Every rule metric of one sample; a metric that does not apply is None."""
     verdict = domain.verify(raw_prediction, reference).as_dict()
     ref_err, pred_err = has_error(reference, domain), has_error(prediction_obs, domain)
+    pred_ids, ref_ids, vocab = _ids(_tokens(prediction_obs), _tokens(reference))
     return {**verdict, "chrf": chrf(prediction_obs, reference),
-            "rouge_l": rouge_l(prediction_obs, reference), "bleu": bleu(prediction_obs, reference),
+            "rouge_l": _rouge_l(pred_ids, ref_ids), "bleu": _bleu(pred_ids, ref_ids, vocab),
             "error_match": float(ref_err == pred_err),
             "error_recall": float(pred_err) if ref_err else None,
             "consistency": long_context_consistency(prediction_obs, reference, history)}

@@ -12,6 +12,7 @@ from hydra.core.config_store import ConfigStore
 from lwm.env_config import (McpEnvConfig, OsEnvConfig, SearchEnvConfig, SweEnvConfig,
                             WebEnvConfig)
 from lwm.parallel_config import DeepSpeedConfig, MegatronConfig
+from lwm.schema import MAX_RECORD_BYTES
 
 
 @dataclass
@@ -137,6 +138,7 @@ class IngestConfig:
     path: str = ""                 # a file or folder in that format
     domain: str = ""               # the domain of the records, where the format does not say
     name: str = ""                 # output file name; empty = the format's name
+    redact: bool = True            # redact secrets and personal data before writing; false writes the logs' secrets to disk
 
 
 @dataclass
@@ -166,7 +168,9 @@ class PrepareConfig:
     tasks: int = 0                 # datatrove tasks per parallel stage; 0 = by input size
     workers: int = 2               # tasks run at once by the local executor
     slurm: PrepareSlurmConfig = field(default_factory=PrepareSlurmConfig)  # read with prepare.executor=slurm
-    redact: bool = True            # secrets and personal data, before anything is written
+    redact: bool = True            # secrets and personal data, before anything (quarantine too) is written
+    max_record_bytes: int = MAX_RECORD_BYTES  # longest input line; a longer one is quarantined unread
+    quarantine_raw: bool = False   # keep quarantined lines' bytes too (base64): writes secrets unredacted
     dedup: bool = True             # MinHash (5-grams, 14x8 LSH): exact and near duplicates
     tokenizer_sample: int = 100000 # trajectories the tokenizer is trained on, at most
     decontaminate: list[str] = field(default_factory=list)  # eval JSONL files/dirs to exclude

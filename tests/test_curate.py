@@ -26,7 +26,7 @@ SECRETS = {
     "ghp_" + "a1B2" * 9: "<API_KEY>",
     "hf_" + "x" * 34: "<API_KEY>",
     "xoxb-1234567890-abcdefghij": "<API_KEY>",
-    "alice.smith@corp.example.com": "<EMAIL>",
+    "alice.smith@corpmail.io": "<EMAIL>",  # example.com is a reserved domain, kept (test_redact)
 }
 
 
@@ -50,7 +50,7 @@ def test_structured_secrets_are_redacted():
 
 
 def test_redaction_covers_every_text_field():
-    t = traj(steps=(("cat ~/.netrc", "password=topsecret99"),), initial="me@host.example.org")
+    t = traj(steps=(("cat ~/.netrc", "password=topsecret99"),), initial="me@host.mailbox.org")
     t.task = "use key sk-ant-abcdefghijklmnopqrstuv"
     out = redact_trajectory(t)
     blob = json.dumps([out.task, out.initial_observation, out.steps[0].observation])

@@ -43,10 +43,25 @@ class Decontaminator:
             files = sorted(source.glob("*.jsonl")) if source.is_dir() else [source]
             for path in files:
                 self.files.append(str(path))
-                with open(path, encoding="utf-8") as f:
-                    for line in f:
+                with open(path, "rb") as f:
+                    for lineno, line in enumerate(f, 1):
                         if line.strip():
-                            self._add(json.loads(line))
+                            self._add(self._record(path, lineno, line))
+
+    @staticmethod
+    def _record(path: Path, lineno: int, line: bytes) -> dict:
+        """One eval record, or a refusal naming it: a line skipped here would leave its
+        trajectory in the training data, so an unreadable eval file stops prepare."""
+        try:
+            rec = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError) as e:
+            raise ValueError(f"prepare.decontaminate: {path}, line {lineno} cannot be read ({type(e).__name__}: "
+                             f"{str(e)[:200]}): repair or remove that line, or drop the file from "
+                             "prepare.decontaminate") from None
+        if not isinstance(rec, dict):
+            raise ValueError(f"prepare.decontaminate: {path}, line {lineno} is a JSON {type(rec).__name__}, "
+                             "not a record: repair or remove that line, or drop the file from prepare.decontaminate")
+        return rec
 
     def _add(self, rec: dict) -> None:
         # Our held-out samples name their trajectory (older ones: ids "<trajectory id>-t<turn>");

@@ -21,9 +21,9 @@ from typing import Iterator
 from lwm.domains import extract_observation
 from lwm.identity import digest
 from lwm.render import HISTORY_OBS, parse_turn
-from lwm.schema import Step, Trajectory
+from lwm.schema import MALFORMED, Step, Trajectory
 
-from data_pipeline.ingest.common import Reject, jsonl_records
+from data_pipeline.ingest.common import Reject, jsonl_records, malformed
 
 _TURN_ID = re.compile(r"^(.*)-t(\d+)$")
 _TOOLS = "Tools the agent can call:\n"
@@ -68,28 +68,40 @@ def convert(path: Path, cfg) -> Iterator[Trajectory | Reject]:
         if isinstance(rec, Reject):
             yield rec
             continue
-        layout = _layout(rec)
-        if layout is None:
-            yield Reject(where, lineno, "prompt", "expected a list of turn strings (the benchmark's "
-                         "layout) or of chat messages")
-        elif layout == "turns" and rec.get("trajectory_id"):
-            groups[("turns", str(rec["trajectory_id"]))].append((where, lineno, rec))
-        elif layout == "turns":
-            bucket = digest([str(rec.get("task", "")), str(rec.get("system_str", "")), rec["prompt"][0]])
-            unnamed[bucket].append((where, lineno, rec))
+        try:
+            group = _group(rec, where, lineno)
+        except MALFORMED as e:  # a value nested past what str() or the digest can take
+            group = malformed(where, lineno, e)
+        if isinstance(group, Reject):
+            yield group
+        elif group[0] == "unnamed":
+            unnamed[group[1]].append((where, lineno, rec))
         else:
-            m = _TURN_ID.match(str(rec.get("id", "")))
-            groups[("chat", m.group(1) if m else str(rec.get("id") or f"{where}:{lineno}"))].append(
-                (where, lineno, rec))
+            groups[group].append((where, lineno, rec))
     for samples in unnamed.values():
         for key, members in _same_trajectory(samples).items():
             groups[("turns", key)] = members
     for (layout, traj_id), samples in groups.items():
         try:
             yield (_from_turns if layout == "turns" else _from_chat)(traj_id, samples, cfg)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except MALFORMED as e:
             where, lineno, _ = samples[0]
             yield Reject(where, lineno, getattr(e, "field", "prompt"), f"{traj_id}: {e}")
+
+
+def _group(rec, where: str, lineno: int) -> tuple[str, str] | Reject:
+    """The group a record joins: ("turns" | "chat", trajectory id), ("unnamed", bucket) for
+    benchmark records without a trajectory id (grouped by their turns later), or a Reject."""
+    layout = _layout(rec)
+    if layout is None:
+        return Reject(where, lineno, "prompt", "expected a list of turn strings (the benchmark's "
+                      "layout) or of chat messages")
+    if layout == "turns" and rec.get("trajectory_id"):
+        return "turns", str(rec["trajectory_id"])
+    if layout == "turns":
+        return "unnamed", digest([str(rec.get("task", "")), str(rec.get("system_str", "")), rec["prompt"][0]])
+    m = _TURN_ID.match(str(rec.get("id", "")))
+    return "chat", m.group(1) if m else str(rec.get("id") or f"{where}:{lineno}")
 
 
 def _same_trajectory(samples: list) -> dict[str, list]:

@@ -23,10 +23,10 @@ import re
 from pathlib import Path
 from typing import Iterator
 
-from data_pipeline.ingest.common import Reject, files
+from data_pipeline.ingest.common import Reject, files, malformed, parsed
 from data_pipeline.ingest.tfrecord import (Corrupt, ints, parse_example, proto_fields, signed,
                                              tfrecords)
-from lwm.schema import Step, Trajectory
+from lwm.schema import MALFORMED, Step, Trajectory
 
 # ---------------------------------------------------------------------------------------------
 # JSON actions (android_world/env/json_action.py: the action types, keys and directions).
@@ -231,29 +231,25 @@ def _world_trajectory(ep, traj_id: str, domain: str) -> Trajectory:
 
 def _json_records(path: Path) -> Iterator[tuple[str, int, object]]:
     """(file, record, episode or Reject): a .json file holds a list of episodes (one
-    IncrementalCheckpointer file) or one; a .jsonl line holds one."""
+    IncrementalCheckpointer file) or one; a .jsonl line holds one, decoded line by line."""
     for f in files(path, (".json", ".json.gz", ".jsonl", ".jsonl.gz")):
         try:
             opener = gzip.open if f.name.endswith(".gz") else open
-            with opener(f, "rt", encoding="utf-8") as fh:
-                text = fh.read()
-        except (OSError, EOFError, UnicodeDecodeError) as e:
+            with opener(f, "rb") as fh:
+                data = fh.read()
+        except (OSError, EOFError) as e:
             yield str(f), 0, Reject(str(f), 0, "<file>", f"unreadable ({e})")
             continue
-        if ".jsonl" in f.name:
-            items = [(n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
-        else:
-            items = [(0, text)]
-        for n, chunk in items:
-            try:
-                data = json.loads(chunk)
-            except json.JSONDecodeError as e:
-                yield str(f), n, Reject(str(f), n, "<line>" if n else "<file>", f"invalid JSON ({e.msg})")
-                continue
-            if n == 0 and isinstance(data, list):
-                yield from ((str(f), i, ep) for i, ep in enumerate(data))
+        if ".jsonl" not in f.name:
+            value = parsed(data, f, 0, "<file>")
+            if isinstance(value, list):
+                yield from ((str(f), i, ep) for i, ep in enumerate(value))
             else:
-                yield str(f), n, data
+                yield str(f), 0, value
+            continue
+        for n, raw in enumerate(data.split(b"\n"), 1):
+            if raw.strip():
+                yield str(f), n, parsed(raw, f, n)
 
 
 def convert_androidworld(path: Path, cfg) -> Iterator[Trajectory | Reject]:
@@ -265,9 +261,12 @@ def convert_androidworld(path: Path, cfg) -> Iterator[Trajectory | Reject]:
         rel = Path(where).relative_to(path) if path.is_dir() else Path(Path(where).name)
         stem = re.sub(r"\.jsonl?(\.gz)?$", "", str(rel)).replace("/", "_")
         try:
-            yield _world_trajectory(ep, f"androidworld-{stem}-{record}", domain)
+            traj = _world_trajectory(ep, f"androidworld-{stem}-{record}", domain)
         except _Bad as e:
-            yield Reject(where, record, e.field, e.reason)
+            traj = Reject(where, record, e.field, e.reason)
+        except MALFORMED as e:
+            traj = malformed(where, record, e)
+        yield traj
 
 
 # AndroidAccessibilityForest, field numbers from android_env/proto/a11y/ (checked against
@@ -388,8 +387,11 @@ def convert_androidcontrol(path: Path, cfg) -> Iterator[Trajectory | Reject]:
                         yield Reject(str(f), index, "<record>", f"not a tf.train.Example ({e})")
                         continue
                     try:
-                        yield _control_trajectory(ex, domain)
+                        traj = _control_trajectory(ex, domain)
                     except _Bad as e:
-                        yield Reject(str(f), index, e.field, e.reason)
+                        traj = Reject(str(f), index, e.field, e.reason)
+                    except MALFORMED as e:
+                        traj = malformed(str(f), index, e)
+                    yield traj
         except (OSError, EOFError) as e:   # a cut or corrupt gzip stream
             yield Reject(str(f), "<file>", "<file>", f"unreadable ({e})")

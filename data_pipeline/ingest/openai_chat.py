@@ -13,9 +13,9 @@ import json
 from pathlib import Path
 from typing import Iterator
 
-from lwm.schema import Step, Trajectory
+from lwm.schema import MALFORMED, Step, Trajectory
 
-from data_pipeline.ingest.common import Reject, jsonl_records
+from data_pipeline.ingest.common import Reject, jsonl_records, malformed
 
 
 def _text(content) -> str:
@@ -41,9 +41,12 @@ def convert(path: Path, cfg) -> Iterator[Trajectory | Reject]:
             yield rec
             continue
         try:
-            yield _trajectory(rec, domain, where, lineno)
+            traj = _trajectory(rec, domain, where, lineno)
         except _Bad as e:
-            yield Reject(where, lineno, e.field, e.reason)
+            traj = Reject(where, lineno, e.field, e.reason)
+        except MALFORMED as e:
+            traj = malformed(where, lineno, e)
+        yield traj
 
 
 class _Bad(Exception):

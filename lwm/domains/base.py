@@ -9,11 +9,13 @@ from config (`data.extra_domains`) works with the filters, verifiers, prepare an
 
 from __future__ import annotations
 
-import difflib
 import json
 import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from cydifflib import SequenceMatcher
 
 from lwm.schema import Trajectory
 
@@ -260,15 +262,22 @@ class Domain:
 
 
 def similarity(pred: str, ref: str) -> float:
-    """Line-aware similarity: mean of line-set F1 and character sequence ratio."""
-    p_lines = [l.rstrip() for l in pred.strip().splitlines()]
-    r_lines = [l.rstrip() for l in ref.strip().splitlines()]
-    if not p_lines and not r_lines:
+    """Line-aware similarity: mean of line-set F1 and character sequence ratio.
+
+    The ratio is difflib.SequenceMatcher(None, pred, ref, autojunk=False).ratio() on the first
+    4,000 characters, computed by cydifflib (the same algorithm compiled, equal to the last bit;
+    bench/bench_score.py checks). Not an LCS ratio (rapidfuzz's Indel): SequenceMatcher matches
+    the longest common block first, so an LCS ratio is >= it: another metric, other scores."""
+    pred, ref = pred.strip(), ref.strip()
+    if pred == ref:
         return 1.0
+    p_lines = [l.rstrip() for l in pred.splitlines()]
+    r_lines = [l.rstrip() for l in ref.splitlines()]
     if not p_lines or not r_lines:
         return 0.0
-    common = sum(min(p_lines.count(l), r_lines.count(l)) for l in set(p_lines))
+    p_count, r_count = Counter(p_lines), Counter(r_lines)
+    shared = p_count.keys() & r_count.keys()
+    common = sum(min(p_count[l], r_count[l]) for l in shared)
     f1 = 2 * common / (len(p_lines) + len(r_lines))
-    ratio = difflib.SequenceMatcher(None, pred.strip()[:4000], ref.strip()[:4000],
-                                    autojunk=False).ratio()
+    ratio = SequenceMatcher(None, pred[:4000], ref[:4000], autojunk=False).ratio()
     return 0.5 * f1 + 0.5 * ratio

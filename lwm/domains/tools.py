@@ -60,18 +60,26 @@ def called_tool(action: str) -> str | None:
         call = json.loads(action)
     except (json.JSONDecodeError, TypeError):
         return None
-    if isinstance(call, dict):
-        name = call.get("name") or (call.get("function") or {}).get("name")
-        return name if isinstance(name, str) else None
-    return None
+    return _name(call)
+
+
+def _name(obj) -> str | None:
+    """The "name" of a call or tool definition, plain or under OpenAI's "function"; None when
+    there is none (anything of another shape, a "function" that is a string included)."""
+    if not isinstance(obj, dict):
+        return None
+    name = obj.get("name")
+    if not name and isinstance(obj.get("function"), dict):
+        name = obj["function"].get("name")
+    return name if isinstance(name, str) else None
 
 
 def declared_tools(traj: Trajectory) -> set[str]:
     """The tool names a record declares (plain or OpenAI-style definitions)."""
     names = set()
     for tool in traj.tools:
-        name = tool.get("name") or (tool.get("function") or {}).get("name")
-        if isinstance(name, str):
+        name = _name(tool)
+        if name:
             names.add(name)
     return names
 
