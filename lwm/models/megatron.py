@@ -77,6 +77,12 @@ def build_model(mcfg, bcfg, vocab_size: int, seq_len: int, use_te: bool | None =
             use_te = True
         except ImportError:
             use_te = False
+    if not use_te:
+        # megatron-core 0.16.1's router names `te_general_gemm` whether or not Transformer Engine
+        # imported (a NameError at the first MoE step without it); None is its "no TE" value.
+        from megatron.core.transformer.moe import moe_utils
+        if not hasattr(moe_utils, "te_general_gemm"):
+            moe_utils.te_general_gemm = None
     if vocab_size % bcfg.megatron.tensor_parallel:
         raise ValueError(f"vocab size {vocab_size} is not divisible by backend.megatron.tensor_parallel = "
                          f"{bcfg.megatron.tensor_parallel} (set model.vocab_size to a padded size)")

@@ -205,7 +205,8 @@ class MegatronEngine(Engine):
         handed to every stage."""
         from megatron.core import parallel_state as ps
         last = ps.is_pipeline_last_stage()
-        loss = torch.tensor([sum(float(r["lm"]) for r in reports) / n if last else 0.0])
+        # on the engine's device: an NCCL process group (torchrun on GPUs) refuses CPU tensors
+        loss = torch.tensor([sum(float(r["lm"]) for r in reports) / n if last else 0.0], device=self.dev)
         torch.distributed.all_reduce(loss, group=ps.get_data_parallel_group())
         torch.distributed.all_reduce(loss, group=ps.get_pipeline_model_parallel_group())
         return loss.item() / self.dp
