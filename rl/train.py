@@ -91,7 +91,8 @@ class Trainer(ExactResume, GRPOTrainer):
                 f"resume: {path} is missing (the checkpoint was written by an older version or another "
                 "number of ranks): the generation block it stopped in cannot be resumed exactly; start "
                 "over with rl.resume=never")
-        state = torch.load(path, map_location=self.accelerator.device, weights_only=True)
+        device = self.accelerator.device  # "cpu:0" under DeepSpeed, which torch.load cannot map to
+        state = torch.load(path, map_location="cpu" if device.type == "cpu" else device, weights_only=True)
         self._step, self._buffered_inputs = state["step"], state["buffered_inputs"]
 
 
