@@ -156,14 +156,9 @@ def _refuse_changed(link: Path, store: Path, record: dict) -> None:
     old_file = old_store.with_name(old_store.name + ".json")
     if old_store.parent.name != "_shared" or not old_file.exists():
         return  # a reuse.<stage> or base-run link: the user chose it, and may choose again
+    from launch.identity import IdentityMismatch, differences
     old = json.loads(old_file.read_text())
-    diff = [f"{k}: {old['config'].get(k, '<unset>')} -> {record['config'].get(k, '<unset>')}"
-            for k in sorted(set(old["config"]) | set(record["config"]))
-            if old["config"].get(k, "<unset>") != record["config"].get(k, "<unset>")]
-    diff += [f"input {k}: {old['reads'].get(k)} -> {record['reads'].get(k)}"
-             for k in sorted(set(old["reads"]) | set(record["reads"]))
-             if old["reads"].get(k) != record["reads"].get(k)]
-    from launch.identity import IdentityMismatch
+    diff = differences(*({"shapes": {"config": r["config"], "inputs": r["reads"]}} for r in (old, record)))
     raise IdentityMismatch(
         f"{record['stage']}: {link} is this sweep job's earlier output, made with other settings:\n  "
         + "\n  ".join(diff or ["(same settings, other code or record)"])

@@ -73,7 +73,7 @@ def _present(root: Path, pattern: str) -> bool:
 def check(stage: str, cfg, root: Path) -> None:
     """Raises MissingInput, naming each missing folder and the command that makes it, when an
     input of `stage` is neither in the run folder `root` nor replaced by a config key."""
-    missing = []
+    missing, sweep = [], in_sweep() is not None
     for need in READS.get(stage, ()):
         given = {k: OmegaConf.select(cfg, k, default=None) for k in need.instead}
         given = {k: v for k, v in given.items() if v}
@@ -88,8 +88,7 @@ def check(stage: str, cfg, root: Path) -> None:
         run = f"run `lwm {need.writer} {_run_args(cfg, root)}`"
         if need.also:
             run += f" (or {need.also})"
-        instead = " or ".join(f"{k}=..." for k in need.instead + ((f"reuse.{need.writer}",)
-                                                                 if in_sweep() is not None else ()))
+        instead = " or ".join(f"{k}=..." for k in need.instead + ((f"reuse.{need.writer}",) if sweep else ()))
         missing.append(f"no {need.what} at {where}: {run} first"
                        + (f" (or set {instead})" if instead else ""))
     if missing:

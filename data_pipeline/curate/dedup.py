@@ -12,7 +12,7 @@ import json
 import re
 from pathlib import Path
 
-from lwm.schema import Trajectory
+from lwm.schema import Trajectory, TrajectoryError, parse_line
 
 _WORD = re.compile(r"\S+")
 
@@ -53,11 +53,10 @@ class Decontaminator:
         """One eval record, or a refusal naming it: a line skipped here would leave its
         trajectory in the training data, so an unreadable eval file stops prepare."""
         try:
-            rec = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError) as e:
-            raise ValueError(f"prepare.decontaminate: {path}, line {lineno} cannot be read ({type(e).__name__}: "
-                             f"{str(e)[:200]}): repair or remove that line, or drop the file from "
-                             "prepare.decontaminate") from None
+            rec = parse_line(line, str(path), lineno)
+        except TrajectoryError as e:
+            raise ValueError(f"prepare.decontaminate: {path}, line {lineno} cannot be read ({e.reason}): repair "
+                             "or remove that line, or drop the file from prepare.decontaminate") from None
         if not isinstance(rec, dict):
             raise ValueError(f"prepare.decontaminate: {path}, line {lineno} is a JSON {type(rec).__name__}, "
                              "not a record: repair or remove that line, or drop the file from prepare.decontaminate")

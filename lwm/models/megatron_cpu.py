@@ -11,8 +11,6 @@ behind its RNG tracker. Rather than patching each call site (which moves with ev
 - the torch.cuda functions Megatron calls directly (current_device, Stream, synchronize, RNG
   state) become CPU equivalents;
 - the all-to-all's split sizes reach gloo as lists;
-- megatron 0.16.1's router calls `te_general_gemm` even when Transformer Engine is missing
-  (a NameError); it gets None, which selects the torch matmul fallback;
 - Gated DeltaNet needs flash-linear-attention's Triton kernels (GPU only): its l2norm and causal
   conv become torch code and its chunked delta rule Megatron's own torch implementation.
 The arithmetic is Megatron's own, so losses here are the losses a GPU run computes up to
@@ -119,7 +117,6 @@ def enable(training: bool = False) -> None:
         return
     _enabled = True
     import megatron.core.tensor_parallel.random as mrandom
-    import megatron.core.transformer.moe.moe_utils as moe_utils
     cuda = torch.cuda
     # "cpu" rather than an index: autograd runs backward outside the TorchFunctionMode, and
     # Megatron's backward passes allocate with device=torch.cuda.current_device() too
@@ -140,8 +137,6 @@ def enable(training: bool = False) -> None:
     # The RNG tracker warns when the CPU generator moves inside a forked CUDA stream; here the
     # CUDA stream is the CPU generator, so that always happens and means nothing.
     logging.getLogger(mrandom.__name__).setLevel(logging.ERROR)
-    if not hasattr(moe_utils, "te_general_gemm"):
-        moe_utils.te_general_gemm = None
     _gated_delta_net_on_torch()
     # The all-to-all dispatcher moves its split sizes to the host at a "dtoh" point that the
     # CUDA path uses; here they arrive as tensors, which gloo's binding refuses.
