@@ -33,7 +33,7 @@ class ModelConfig:
     max_position_embeddings: int = 4096  # longest sequence the positions are set up for
     rope_theta: float = 10000.0    # base of the rotary position embedding
     tie_word_embeddings: bool = True  # input embedding and output head share weights
-    attn_implementation: str = "sdpa"  # HF attention kernel: sdpa | eager | flash_attention_2
+    attn_implementation: str = "sdpa_packed"  # HF attention: sdpa_packed (sdpa per packed sample) | sdpa | eager | flash_attention_2
     experts_implementation: str = "grouped_mm"  # HF experts kernel: grouped_mm | eager
     vocab_size: int = 0            # 0 = the tokenizer's size; presets set the published (padded) size
     shared_expert_intermediate_size: int = 0   # 0 = no shared expert (Qwen3.5 has a gated one)
@@ -249,6 +249,7 @@ class SftConfig(TrainConfig):
     lr: float = 5e-4
     max_length: int = 1024         # longest sample in tokens (oldest history turns dropped to fit)
     packing: bool = True           # pack samples into rows of max_length (padding-free)
+    gradient_checkpointing: str = "auto"  # recompute activations in backward: auto (from 1B params) | true | false
     train_history_observations: bool = False  # also put earlier observations in the loss
     teacher: SftTeacherConfig = field(default_factory=SftTeacherConfig)  # reasoning targets; empty = none
 
@@ -267,6 +268,7 @@ class RlConfig(TrainConfig):
     max_prompt_length: int = 1024  # prompts longer than this (tokens) are left out
     max_completion_length: int = 192  # longest completion, in tokens
     beta: float = 0.0              # KL coefficient (KL is logged when > 0)
+    gradient_checkpointing: str = "auto"  # recompute activations in backward: auto (from 1B params) | true | false
     epsilon: float | None = None   # lower clip of the ratio; null: grpo 0.2, gspo 3e-4
     epsilon_high: float | None = None  # upper clip; null: = rl.epsilon if set, else grpo 0.2, gspo 4e-4
     loss_type: str | None = None   # TRL's GRPOConfig.loss_type; null: grpo dapo, gspo grpo

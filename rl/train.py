@@ -31,8 +31,8 @@ from lwm.models.hf import load_model
 from lwm.tokenizer import encode_prompt, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
 from lwm.train import dist, loop
-from lwm.train.trl import (ExactResume, backend_args, carried, check_world, mark_complete, resume_arg,
-                           save_final, trainer_args)
+from lwm.train.trl import (ExactResume, backend_args, carried, check_world, gradient_checkpointing, mark_complete,
+                           resume_arg, save_final, trained_with, trainer_args)
 from rl.rewards import HybridReward
 
 log = logging.getLogger("lwm.rl")
@@ -197,6 +197,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     rank, world = dist.init()  # torchrun's or a submitit task's group; none for one process
     backend = backend_args(cfg, tcfg, world, "rl")  # fails on an unsupported backend before any work
     algorithm_args(tcfg)  # fails on an unknown or no-op algorithm setting before any work
+    gradient_checkpointing(cfg, tcfg, "rl")
     reward = HybridReward(tcfg)
     funcs, weights = reward.funcs()
     init = Path(tcfg.init) if tcfg.init else paths.model("sft")
@@ -204,6 +205,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tok.padding_side = "left"
     model = load_model(init, cfg.model, cfg.backend.dtype)
     dataset, stats = rl_prompts(tok, paths.shards("rl"), tcfg.max_prompt_length)
+    backend["gradient_checkpointing"] = gradient_checkpointing(cfg, tcfg, "rl", model)
     tracker = Tracker(cfg, "rl", out) if rank == 0 else None
     args = GRPOConfig(**grpo_args(cfg, tcfg, out, reward_weights=weights, **generation_args(tcfg), **backend))
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tok, reward_funcs=funcs)
@@ -231,6 +233,6 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         "reward_first": rewarded[0]["reward"] if rewarded else None,
         "reward_last": rewarded[-1]["reward"] if rewarded else None,
         "reward_curve": [round(s["reward"], 4) for s in rewarded], "per_step": steps,
-        "checkpoint": str(final)})
+        **trained_with(trainer), "checkpoint": str(final)})
     mark_complete(final)
     return summary

@@ -29,8 +29,8 @@ from lwm.tokenizer import drop_oldest_turn, encode_chat, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
 from lwm.train import dist, loop
 from lwm.train.data import RowBatches
-from lwm.train.trl import (ExactResume, backend_args, check_world, mark_complete, resume_arg, save_final,
-                           trainer_args)
+from lwm.train.trl import (ExactResume, StepTimer, backend_args, check_world, gradient_checkpointing,
+                           mark_complete, resume_arg, save_final, trained_with, trainer_args)
 from sft.teacher import on_rank0, reasoning_targets
 
 log = logging.getLogger("lwm.sft")
@@ -116,6 +116,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     (final / "complete").unlink(missing_ok=True)  # until this run's final/ and metrics.json are written
     rank, world = dist.init(always=cfg.backend.name == "megatron")  # torchrun's or a submitit task's group
     backend = {} if cfg.backend.name == "megatron" else backend_args(cfg, tcfg, world, "sft")
+    gradient_checkpointing(cfg, tcfg, "sft")  # a wrong value fails before any work
     init = Path(tcfg.init) if tcfg.init else paths.model("cpt")
     tok = load_tokenizer(init)
     records = datasets.Dataset.from_parquet(paths.shards("sft"))
@@ -134,13 +135,17 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     # The MoE load-balancing loss is added during training only.
     model.config.output_router_logits = True
     tracker = Tracker(cfg, "sft", out) if rank == 0 else None
+    checkpointing = gradient_checkpointing(cfg, tcfg, "sft", model)
     # Packing is padding-free (position ids restart per sample), so neither attention nor the
     # loss crosses sample boundaries; tests/test_sft_packing.py checks the loss is unchanged.
     args = SFTConfig(**trainer_args(cfg, tcfg, out, max_length=tcfg.max_length,
                                     packing=tcfg.packing, packing_strategy="bfd",
                                     padding_free=tcfg.packing, completion_only_loss=None,
+                                    gradient_checkpointing=checkpointing,
+                                    include_num_input_tokens_seen="non_padding",
                                     **backend))
-    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tok)
+    timer = StepTimer()
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tok, callbacks=[timer])
     check_world(trainer, world, cfg.backend.name, "sft")
     result = trainer.train(resume_from_checkpoint=resume_arg(tcfg.resume, out / "checkpoints"))
     save_final(trainer, tok, final)
@@ -154,6 +159,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         "warmup_steps": args.warmup_steps,
         "train_loss_first": history[0]["loss"] if history else None,
         "train_loss_last": history[-1]["loss"] if history else None,
-        "train_runtime_s": result.metrics.get("train_runtime"), "checkpoint": str(final)})
+        "train_runtime_s": result.metrics.get("train_runtime"), **timer.summary(), **trained_with(trainer),
+        "checkpoint": str(final)})
     mark_complete(final)
     return summary

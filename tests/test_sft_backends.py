@@ -20,6 +20,15 @@ def hf_run(prepared_run, sft_init, tmp_path_factory):
     return run, sft(run, sft_init, "backend=hf", "sft.grad_accum=2")
 
 
+def test_metrics_say_how_the_model_trained(hf_run):
+    """Read from the trained model: no activation recomputation at this size, the packed rows'
+    per-sample attention; the steady-state rate after the first step."""
+    _, metrics = hf_run
+    assert metrics["gradient_checkpointing"] is False
+    assert metrics["attn_implementation"] == "sdpa_packed"
+    assert metrics["timed_steps"] == metrics["steps"] - 1 and metrics["tokens_per_s"] > 0
+
+
 def test_deepspeed_trains_like_hf_and_resumes(hf_run, prepared_run, sft_init, tmp_path):
     hf, hf_metrics = hf_run
     run = fresh(prepared_run, tmp_path)

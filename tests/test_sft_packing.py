@@ -1,6 +1,7 @@
 """SFT packing never lets attention or loss cross samples; long samples lose old turns first."""
 
 import datasets
+import pytest
 
 from lwm.tracking import RunPaths
 import torch
@@ -66,3 +67,86 @@ def test_eval_prompts_fit_the_model_by_dropping_old_turns(run_copy):
     assert fit_prompt(tok, prompt, len(full)) == (full, 0)
     ids, _ = fit_prompt(tok, prompt, 8)
     assert len(ids) == 8  # cannot fit even alone: cut from the left, generation header kept
+
+
+def _packed_model(tmp_path, impl):
+    torch.manual_seed(0)
+    return build_model(make_cfg(tmp_path, f"model.attn_implementation={impl}").model, 512)
+
+
+LENGTHS = [37, 5, 80, 1, 23]  # one sample of a single token: its attention is itself alone
+
+
+def _loss_and_grads(model, **inputs):
+    model.zero_grad()
+    loss = model(**inputs, use_cache=False).loss
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_sdpa_packed_attends_within_each_sample_only(tmp_path):
+    """The packed row through sdpa_packed (boundaries from TRL's cu_seq_lens, or from the
+    positions alone) trains exactly like each sample on its own, and like HF's dense masked sdpa."""
+    torch.manual_seed(1)
+    ids = torch.randint(0, 512, (1, sum(LENGTHS)))
+    positions = torch.cat([torch.arange(n) for n in LENGTHS])[None]
+    labels = ids.clone()
+    labels[positions == 0] = -100  # as TRL's padding-free collator does
+    cu = torch.tensor([0, *torch.tensor(LENGTHS).cumsum(0).tolist()], dtype=torch.int32)
+    packed = _packed_model(tmp_path, "sdpa_packed")
+    want_loss, want = _loss_and_grads(_packed_model(tmp_path, "sdpa"), input_ids=ids, labels=labels,
+                                      position_ids=positions)
+    for extra in ({"cu_seq_lens_q": cu, "cu_seq_lens_k": cu}, {}):
+        loss, grads = _loss_and_grads(packed, input_ids=ids, labels=labels, position_ids=positions, **extra)
+        torch.testing.assert_close(loss, want_loss, rtol=1e-5, atol=1e-6)
+        for name, g in want.items():
+            torch.testing.assert_close(grads[name], g, rtol=1e-4, atol=1e-6, msg=name)
+    # each sample alone: the mean over the trained tokens of all samples
+    packed.zero_grad()
+    total, count, start = 0.0, 0, 0
+    for n in LENGTHS:
+        x = ids[:, start:start + n]
+        start += n
+        if n > 1:
+            total = total + packed(input_ids=x, labels=x, use_cache=False).loss * (n - 1)
+            count += n - 1
+    torch.testing.assert_close(total / count, want_loss, rtol=1e-5, atol=1e-6)
+
+
+def test_sdpa_packed_keeps_padding_masks_and_generation(tmp_path):
+    """A left-padded batch (RL's rollouts, eval's prompts) goes through HF's sdpa mask unchanged,
+    and cached generation gives the same tokens."""
+    torch.manual_seed(2)
+    ids = torch.randint(3, 512, (2, 12))
+    mask = torch.ones_like(ids)
+    mask[0, :5] = 0
+    ids[0, :5] = 0
+    models = [_packed_model(tmp_path, impl).eval() for impl in ("sdpa", "sdpa_packed")]
+    with torch.no_grad():
+        logits = [m(input_ids=ids, attention_mask=mask, use_cache=False).logits for m in models]
+        torch.testing.assert_close(logits[1][mask.bool()], logits[0][mask.bool()], rtol=1e-5, atol=1e-5)
+        out = [m.generate(input_ids=ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
+                          pad_token_id=0) for m in models]
+    assert torch.equal(out[0], out[1])
+
+
+def test_gradient_checkpointing_follows_the_model_size(tmp_path, monkeypatch):
+    from lwm.train import trl
+    cfg = make_cfg(tmp_path)
+    model = _packed_model(tmp_path, "sdpa_packed")
+    assert trl.gradient_checkpointing(cfg, cfg.sft, "sft", model) is False  # tiny: activations are cheap
+    monkeypatch.setattr(trl, "CHECKPOINTING_FROM", sum(p.numel() for p in model.parameters()))
+    assert trl.gradient_checkpointing(cfg, cfg.sft, "sft", model) is True
+    for value, want in (("false", False), ("true", True), (True, True)):
+        cfg.sft.gradient_checkpointing = value
+        assert trl.gradient_checkpointing(cfg, cfg.sft, "sft", model) is want
+    cfg.sft.gradient_checkpointing = "sometimes"
+    with pytest.raises(ValueError, match="sft.gradient_checkpointing = 'sometimes'"):
+        trl.gradient_checkpointing(cfg, cfg.sft, "sft")
+    cfg = make_cfg(tmp_path, "backend=deepspeed", "backend.deepspeed.activation_checkpointing=true",
+                   "rl.gradient_checkpointing=false")
+    with pytest.raises(ValueError, match="contradicts backend.deepspeed.activation_checkpointing"):
+        trl.gradient_checkpointing(cfg, cfg.rl, "rl")
+    cfg = make_cfg(tmp_path, "backend=megatron", "sft.gradient_checkpointing=true")
+    with pytest.raises(ValueError, match="recompute_granularity"):
+        trl.gradient_checkpointing(cfg, cfg.sft, "sft")

@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, PreTrainedModel
 
+from lwm.models import attention  # noqa: F401  (registers model.attn_implementation=sdpa_packed)
 from lwm.models import family
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}

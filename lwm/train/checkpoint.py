@@ -104,7 +104,7 @@ def model_skeleton(path: Path, mcfg, dtype: str = "float32"):
     the weights after the model is wrapped (sharded or not)."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from lwm.models.hf import DTYPES
+    from lwm.models.hf import DTYPES  # also registers sdpa_packed
     config = AutoConfig.from_pretrained(path)
     config.output_router_logits = False
     kwargs = {"attn_implementation": mcfg.attn_implementation}

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import re
+import time
 from pathlib import Path
+
+from transformers import TrainerCallback
 
 from lwm.tracking import write_metrics
 from lwm.train import dist
@@ -68,7 +71,60 @@ def backend_args(cfg, tcfg, world: int, stage: str) -> dict:
     # model is, via zero.Init): left to the Trainer, it counts world 1 there and the batch check fails.
     import deepspeed
     deepspeed.init_distributed(dist_backend="nccl" if _cuda() else "gloo")
-    return {"deepspeed": ds, "gradient_checkpointing": d.activation_checkpointing}
+    return {"deepspeed": ds}
+
+
+CHECKPOINTING_FROM = 1_000_000_000  # parameters from which auto recomputes activations
+
+
+def gradient_checkpointing(cfg, tcfg, stage: str, model=None) -> bool:
+    """<stage>.gradient_checkpointing resolved: true/false as set; auto recomputes activations in
+    the backward pass (less activation memory for about a third more compute) from
+    CHECKPOINTING_FROM parameters, where activations rather than weights bound the batch, and
+    whenever backend.deepspeed.activation_checkpointing asks for it. Without a model, only
+    checks the value (the stage calls it before loading anything)."""
+    value = str(tcfg.gradient_checkpointing).lower()
+    if value not in ("auto", "true", "false"):
+        raise ValueError(f"{stage}.gradient_checkpointing = {tcfg.gradient_checkpointing!r}: expected auto, true or false")
+    if value != "auto" and cfg.backend.name == "megatron":
+        raise ValueError(f"{stage}.gradient_checkpointing={value} applies to backend=hf and deepspeed; Megatron "
+                         "recomputes activations with backend.megatron.recompute_granularity")
+    deepspeed = cfg.backend.name == "deepspeed" and cfg.backend.deepspeed.activation_checkpointing
+    if value == "false" and deepspeed:
+        raise ValueError(f"{stage}.gradient_checkpointing=false contradicts backend.deepspeed.activation_checkpointing="
+                         "true: set one of them the other way")
+    if value != "auto" or model is None:
+        return value == "true"
+    return bool(deepspeed) or sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_FROM
+
+
+def trained_with(trainer) -> dict:
+    """How the Trainer's model actually trained (read from the model, not from our settings)."""
+    model = trainer.model
+    return {"gradient_checkpointing": bool(getattr(model, "is_gradient_checkpointing", False)),
+            "attn_implementation": model.config._attn_implementation}
+
+
+class StepTimer(TrainerCallback):
+    """A Trainer callback timing the steady state: the wall time and tokens between the end of
+    the first step (compilation, allocator warm-up, first batch) and the end of the last, so a
+    short run's rate is not its start-up's. Tokens are the Trainer's num_input_tokens_seen
+    (with include_num_input_tokens_seen set)."""
+
+    def __init__(self):
+        self.marks: list[tuple[float, int]] = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.marks.append((time.perf_counter(), state.num_input_tokens_seen))
+
+    def summary(self) -> dict:
+        """step_time_s (mean over the timed steps) and tokens_per_s; empty under two steps."""
+        if len(self.marks) < 2:
+            return {}
+        (t0, n0), (t1, n1) = self.marks[0], self.marks[-1]
+        steps = len(self.marks) - 1
+        return {"timed_steps": steps, "step_time_s": round((t1 - t0) / steps, 4),
+                "tokens_per_s": round((n1 - n0) / (t1 - t0), 1) if n1 > n0 else None}
 
 
 def check_world(trainer, world: int, backend: str, stage: str) -> None:

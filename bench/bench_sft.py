@@ -1,0 +1,166 @@
+"""`lwm sft` against the least work its math needs: a bare per-sample torch loop on the same samples.
+
+    python bench/bench_sft.py --run runs/<name> [--repeats 2] [--compare] [--set sft.max_length=2048 ...]
+
+The run must be prepared (`lwm prepare run_name=<name>`). Both sides start from the same
+weights (the run's model built from config and saved once), in the same dtype, with the same
+AdamW settings, and train one epoch over the run's SFT samples tokenized as `lwm sft` tokenizes
+them, grouped into the same steps: the samples of `sft.batch_size` rows of TRL's best-fit-
+decreasing packing per optimizer step, the packing `lwm sft` trains on.
+
+- `lwm sft`: the stage itself, in a subprocess (`lwm sft run_dir=<tmp> reuse.prepare=<run>/prepare
+  sft.init=<the weights>`), its rate read from its metrics.json (tokens_per_s: the Trainer's
+  steady state, lwm.train.trl.StepTimer);
+- bare: forward and backward of every sample on its own (no padding, no packing, no mask), the
+  loss of each weighted by its share of the step's trained tokens, clipping, optimizer step.
+
+Both rates leave the first step out (allocator warm-up). The best of --repeats runs of each is
+reported, the runs interleaved, so a busy machine slows both alike. --compare adds `lwm sft` with
+the settings before issue 20 (model.attn_implementation=sdpa: a dense block-diagonal mask over each
+packed row; sft.gradient_checkpointing=true: TRL's default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from bench.bench_backends import compose  # noqa: E402
+
+BEFORE = ["model.attn_implementation=sdpa", "sft.gradient_checkpointing=true"]
+
+
+def prepared(run: Path, overrides: list[str]):
+    """(config, tokenizer, packed rows) of the run's SFT samples as `lwm sft` sees them."""
+    from trl.data_utils import pack_dataset
+
+    from lwm.tokenizer import load_tokenizer
+    from lwm.tracking import RunPaths
+    from sft.train import tokenized_samples
+    cfg = compose(f"run_dir={run.resolve()}", *overrides)
+    tok = load_tokenizer(run / "prepare" / "tokenizer")
+    data, stats = tokenized_samples(tok, RunPaths(run.resolve()).shards("sft"), cfg.sft.max_length,
+                                    cfg.sft.train_history_observations)
+    rows = pack_dataset(data, cfg.sft.max_length, strategy="bfd")
+    return cfg, tok, rows, stats
+
+
+def save_init(cfg, tok, folder: Path) -> None:
+    """The run's model built from config: both sides start from these weights."""
+    import torch
+
+    from lwm.models.hf import build_model
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, len(tok), tok)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+
+
+def bare(cfg, rows, init: Path) -> dict:
+    """Steady-state tokens/s of the per-sample loop over the packed rows' samples."""
+    import torch
+
+    from lwm.models.hf import load_model
+    t = cfg.sft
+    model = load_model(init, cfg.model, cfg.backend.dtype)
+    model.config.output_router_logits = True  # the MoE balancing loss, as lwm sft trains it
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
+                            weight_decay=t.weight_decay)
+    per_step = t.batch_size * t.grad_accum
+    marks = []
+    for first in range(0, len(rows), per_step):
+        samples = []
+        for row in rows.select(range(first, min(first + per_step, len(rows)))):
+            start = 0
+            for n in row["seq_lengths"]:
+                samples.append((row["input_ids"][start:start + n], row["labels"][start:start + n]))
+                start += n
+        trained = sum(sum(l != -100 for l in labels[1:]) for _, labels in samples)
+        for ids, labels in samples:
+            ids, labels = torch.tensor([ids]), torch.tensor([labels])
+            count = int((labels[:, 1:] != -100).sum())
+            if count == 0:
+                continue
+            loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+            (loss * count / trained).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        marks.append((time.perf_counter(), sum(len(ids) for ids, _ in samples)))
+    return rate(marks)
+
+
+def rate(marks: list[tuple[float, int]]) -> dict:
+    """tokens/s from the end of the first step to the end of the last (tokens per step given)."""
+    if len(marks) < 2:
+        raise SystemExit("bench_sft: fewer than 2 steps in one epoch: lower sft.batch_size or use a larger run")
+    tokens = sum(n for _, n in marks[1:])
+    return {"tokens_per_s": round(tokens / (marks[-1][0] - marks[0][0]), 1), "timed_steps": len(marks) - 1}
+
+
+def lwm_sft(run: Path, init: Path, steps: int, overrides: list[str], work: Path, label: str) -> dict:
+    """The stage in a subprocess, on its own run folder; its metrics.json."""
+    run_dir = work / label
+    cmd = [sys.executable, "-m", "launch.cli", "sft", f"run_dir={run_dir}",
+           f"reuse.prepare={(run / 'prepare').resolve()}", f"sft.init={init}", f"sft.max_steps={steps}",
+           "sft.save_every=1000000", "sft.resume=never", "wandb.mode=disabled", *overrides]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL, stderr=(work / f"{label}.log").open("w"))
+    metrics = json.loads((run_dir / "sft" / "metrics.json").read_text())
+    return {k: metrics.get(k) for k in ("tokens_per_s", "timed_steps", "step_time_s", "gradient_checkpointing",
+                                        "attn_implementation", "samples")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--run", type=Path, required=True, help="a prepared run folder (runs/<name>)")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--compare", action="store_true", help="also time the settings before issue 20")
+    ap.add_argument("--set", nargs="*", default=[], help="config overrides for both sides (sft.*, model.*)")
+    ap.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = ap.parse_args()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cfg, tok, rows, stats = prepared(args.run, args.set)
+    steps = -(-len(rows) // (cfg.sft.batch_size * cfg.sft.grad_accum))
+    tokens = sum(len(r["input_ids"]) for r in rows)
+    print(f"{stats['samples']} samples, {tokens} tokens in {len(rows)} packed rows of <= {cfg.sft.max_length}: "
+          f"{steps} steps of {cfg.sft.batch_size} x {cfg.sft.grad_accum} rows, torch threads "
+          f"{__import__('torch').get_num_threads()}", flush=True)
+    sides = {"bare per-sample loop": None, "lwm sft": args.set}
+    if args.compare:
+        sides["lwm sft, before (sdpa mask, checkpointing)"] = [*args.set, *BEFORE]
+    results: dict[str, list[dict]] = {name: [] for name in sides}
+    with tempfile.TemporaryDirectory(prefix="bench_sft_") as tmp:
+        work = Path(tmp)
+        save_init(cfg, tok, work / "init")
+        for r in range(args.repeats):
+            for i, (name, overrides) in enumerate(sides.items()):
+                got = (bare(cfg, rows, work / "init") if overrides is None
+                       else lwm_sft(args.run, work / "init", steps, overrides, work, f"side{i}_r{r}"))
+                results[name].append(got)
+                print(f"  repeat {r + 1}: {name}: {got['tokens_per_s']} tokens/s", flush=True)
+    best = {name: max(rs, key=lambda g: g["tokens_per_s"] or 0) for name, rs in results.items()}
+    base = best["bare per-sample loop"]["tokens_per_s"]
+    print(f"\n| side | tokens/s (best of {args.repeats}) | x bare loop | attention | checkpointing |")
+    print("|---|---|---|---|---|")
+    for name, got in best.items():
+        print(f"| {name} | {got['tokens_per_s']:,.0f} | {got['tokens_per_s'] / base:.2f} | "
+              f"{got.get('attn_implementation') or cfg.model.attn_implementation} | "
+              f"{got.get('gradient_checkpointing', False)} |")
+    if args.out:
+        args.out.write_text(json.dumps({"samples": stats["samples"], "tokens": tokens, "rows": len(rows),
+                                        "steps": steps, "results": results, "best": best}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
