@@ -121,6 +121,118 @@ def lwm_sft(run: Path, init: Path, steps: int, overrides: list[str], work: Path,
                                         "attn_implementation", "samples")}
 
 
+def grpo(run: Path, init: Path, steps: int, overrides: list[str], work: Path, label: str) -> tuple[dict, list]:
+    """`lwm rl`'s GRPO in process on its own run folder: the steady-state rate of its training
+    part (each step less its rollout: generation and scoring), and the rollouts it trained on."""
+    import contextlib
+    from unittest import mock
+
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    import rl.train
+    from lwm.tracking import RunPaths
+    run_dir = work / label
+    run_dir.mkdir()
+    (run_dir / "prepare").symlink_to((run / "prepare").resolve())
+    cfg = compose(f"run_dir={run_dir}", f"rl.init={init}", f"rl.max_steps={steps}", "rl.save_every=1000000",
+                  "rl.resume=never", *overrides)
+    times, rollouts = {"step": [], "rollout": [], "optimizer": []}, []
+
+    def timing(owner, attr, name, keep=False):
+        def wrapped(*a, _orig=getattr(owner, attr), **k):
+            t = time.perf_counter()
+            out = _orig(*a, **k)
+            times[name].append(time.perf_counter() - t)
+            if keep:
+                rollouts.append({key: out[key].detach().clone() for key in
+                                 ("prompt_ids", "prompt_mask", "completion_ids", "completion_mask")})
+            return out
+        return mock.patch.object(owner, attr, wrapped)
+    trainer = rl.train.Trainer
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(timing(trainer, "training_step", "step"))
+        stack.enter_context(timing(trainer, "_generate_and_score_completions", "rollout", keep=True))
+        stack.enter_context(timing(AcceleratedOptimizer, "step", "optimizer"))
+        metrics = rl.train.train(cfg, RunPaths(run_dir))
+    if len(times["step"]) != len(times["rollout"]):
+        raise SystemExit("bench_sft --rl: steps reused a generation; time an on-policy algorithm (rl.algorithm=grpo)")
+    train_s = [s - r + o for s, r, o in zip(times["step"], times["rollout"], times["optimizer"])]
+    tokens = [int(b["prompt_mask"].sum() + b["completion_mask"].sum()) for b in rollouts]
+    return {"tokens_per_s": round(sum(tokens[1:]) / sum(train_s[1:]), 1), "timed_steps": len(train_s) - 1,
+            "gradient_checkpointing": metrics.get("gradient_checkpointing"),
+            "attn_implementation": metrics.get("attn_implementation")}, rollouts
+
+
+def bare_rl(cfg, rollouts: list, init: Path) -> dict:
+    """The same rollouts, one sequence at a time (prompt and completion, no padding): forward,
+    the loss on the completion's tokens, backward; clipping and the optimizer step per batch."""
+    import torch
+
+    from lwm.models.hf import load_model
+    t = cfg.rl
+    model = load_model(init, cfg.model, cfg.backend.dtype)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps)
+    spent, tokens = 0.0, 0
+    for k, b in enumerate(rollouts):
+        start = time.perf_counter()
+        trained = int(b["completion_mask"].sum())
+        for i in range(len(b["prompt_ids"])):
+            prompt = b["prompt_ids"][i][b["prompt_mask"][i].bool()]
+            completion = b["completion_ids"][i][b["completion_mask"][i].bool()]
+            ids = torch.cat([prompt, completion])[None]
+            labels = ids.clone()
+            labels[:, :len(prompt)] = -100
+            if len(completion):
+                loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+                (loss * len(completion) / trained).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if k:  # the first batch warms up, as on the other side
+            spent += time.perf_counter() - start
+            tokens += int(b["prompt_mask"].sum() + b["completion_mask"].sum())
+    return {"tokens_per_s": round(tokens / spent, 1), "timed_steps": len(rollouts) - 1}
+
+
+def table(best: dict, repeats: int, cfg) -> None:
+    base = best["bare per-sample loop"]["tokens_per_s"]
+    print(f"\n| side | tokens/s (best of {repeats}) | x bare loop | attention | checkpointing |")
+    print("|---|---|---|---|---|")
+    for name, got in best.items():
+        print(f"| {name} | {got['tokens_per_s']:,.0f} | {got['tokens_per_s'] / base:.2f} | "
+              f"{got.get('attn_implementation') or cfg.model.attn_implementation} | "
+              f"{got.get('gradient_checkpointing', False)} |")
+
+
+def main_rl(args) -> None:
+    """--rl: GRPO's training part against the bare loop on the rollouts of the same run."""
+    cfg = compose(f"run_dir={args.run.resolve()}", *args.set)
+    from lwm.tokenizer import load_tokenizer
+    tok = load_tokenizer(args.run / "prepare" / "tokenizer")
+    sides = {"lwm rl (training part)": args.set}
+    if args.compare:
+        sides["lwm rl, before (checkpointing)"] = [*args.set, "rl.gradient_checkpointing=true"]
+    results: dict[str, list[dict]] = {"bare per-sample loop": [], **{name: [] for name in sides}}
+    with tempfile.TemporaryDirectory(prefix="bench_rl_") as tmp:
+        work = Path(tmp)
+        save_init(cfg, tok, work / "init")
+        for r in range(args.repeats):
+            for i, (name, overrides) in enumerate(sides.items()):
+                got, rollouts = grpo(args.run, work / "init", args.rl_steps, overrides, work, f"rl{i}_r{r}")
+                results[name].append(got)
+                print(f"  repeat {r + 1}: {name}: {got['tokens_per_s']} tokens/s", flush=True)
+                if i == 0:
+                    got = bare_rl(cfg, rollouts, work / "init")
+                    results["bare per-sample loop"].append(got)
+                    print(f"  repeat {r + 1}: bare per-sample loop, same rollouts: {got['tokens_per_s']} tokens/s",
+                          flush=True)
+    best = {name: max(rs, key=lambda g: g["tokens_per_s"] or 0) for name, rs in results.items()}
+    table(best, args.repeats, cfg)
+    if args.out:
+        args.out.write_text(json.dumps({"mode": "rl", "results": results, "best": best}, indent=2))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--run", type=Path, required=True, help="a prepared run folder (runs/<name>)")
@@ -128,8 +240,12 @@ def main() -> None:
     ap.add_argument("--compare", action="store_true", help="also time the settings before issue 20")
     ap.add_argument("--set", nargs="*", default=[], help="config overrides for both sides (sft.*, model.*)")
     ap.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    ap.add_argument("--rl", action="store_true", help="time GRPO's training part instead of SFT")
+    ap.add_argument("--rl-steps", type=int, default=4, help="GRPO steps per run (the first is not timed)")
     args = ap.parse_args()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.rl:
+        return main_rl(args)
     cfg, tok, rows, stats = prepared(args.run, args.set)
     steps = -(-len(rows) // (cfg.sft.batch_size * cfg.sft.grad_accum))
     tokens = sum(len(r["input_ids"]) for r in rows)
@@ -150,13 +266,7 @@ def main() -> None:
                 results[name].append(got)
                 print(f"  repeat {r + 1}: {name}: {got['tokens_per_s']} tokens/s", flush=True)
     best = {name: max(rs, key=lambda g: g["tokens_per_s"] or 0) for name, rs in results.items()}
-    base = best["bare per-sample loop"]["tokens_per_s"]
-    print(f"\n| side | tokens/s (best of {args.repeats}) | x bare loop | attention | checkpointing |")
-    print("|---|---|---|---|---|")
-    for name, got in best.items():
-        print(f"| {name} | {got['tokens_per_s']:,.0f} | {got['tokens_per_s'] / base:.2f} | "
-              f"{got.get('attn_implementation') or cfg.model.attn_implementation} | "
-              f"{got.get('gradient_checkpointing', False)} |")
+    table(best, args.repeats, cfg)
     if args.out:
         args.out.write_text(json.dumps({"samples": stats["samples"], "tokens": tokens, "rows": len(rows),
                                         "steps": steps, "results": results, "best": best}, indent=2))
