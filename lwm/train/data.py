@@ -7,13 +7,17 @@ the rows an uninterrupted single-process run reads.
   against each other and against prepare's manifest (a truncated file is an error naming it);
 - RowBatches: tokenized rows of unequal length (SFT samples), one per row, right-padded.
 
-Both visit their rows in one random order per epoch, computed once per epoch and cached.
+Both visit their rows in one random order per epoch, computed once per epoch and cached. The loop
+assembles batches ahead of the step on a background thread (Prefetch).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import queue
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -26,18 +30,20 @@ RERUN = "rerun `lwm prepare` (it prepares again when its outputs are damaged)"
 
 class EpochOrder:
     """Row j of the endless stream is row perm(seed + epoch)[j mod n]: one permutation per epoch,
-    kept until the stream moves to another epoch."""
+    kept until the stream moves to another epoch. The cache is one (epoch, permutation) pair,
+    replaced whole, so two threads reading one stream never pair an epoch with another's order."""
 
     def __init__(self, n: int, seed: int):
         if n == 0:
             raise ValueError("no rows to train on")
-        self.n, self.seed, self._epoch, self._perm = n, seed, None, None
+        self.n, self.seed, self._cached = n, seed, (None, None)
 
     def __call__(self, j: int) -> int:
         epoch, i = divmod(j, self.n)
-        if epoch != self._epoch:
-            self._perm, self._epoch = np.random.default_rng(self.seed + epoch).permutation(self.n), epoch
-        return int(self._perm[i])
+        cached = self._cached
+        if cached[0] != epoch:
+            cached = self._cached = (epoch, np.random.default_rng(self.seed + epoch).permutation(self.n))
+        return int(cached[1][i])
 
 
 def labels_for(ids: torch.Tensor, mask: torch.Tensor | None, pad_id: int) -> torch.Tensor:
@@ -88,9 +94,33 @@ def checked_index(prefix: Path) -> np.ndarray:
     return lengths
 
 
+class ShardRows:
+    """The sequences of one indexed dataset: the .idx memory-mapped (megatron-core's reader), each
+    sequence read from the .bin with one pread. Not through a memory map of the .bin: a page
+    fault there waits for the disk holding the GIL, so the prefetch thread's cold reads stall the
+    training thread too, and every 4 KiB page faults on its own; pread releases the GIL and reads
+    a sequence in one request (bench/bench_datapath.py measures both)."""
+
+    def __init__(self, prefix: Path):
+        from megatron.core.datasets.indexed_dataset import IndexedDataset
+        self.index = IndexedDataset(str(prefix), mmap=False).index
+        self.path = Path(f"{prefix}.bin")
+        self._file = open(self.path, "rb", buffering=0)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, r: int) -> np.ndarray:
+        pointer, length, _ = self.index[r]
+        row = np.empty(int(length), self.index.dtype)
+        got = os.preadv(self._file.fileno(), [row], int(pointer))
+        if got != row.nbytes:
+            raise OSError(f"{self.path}: read {got} of the {row.nbytes} bytes of sequence {r}; {RERUN}")
+        return row
+
+
 class PackedShards:
     def __init__(self, prefix: Path, seed: int, pad_id: int):
-        from megatron.core.datasets.indexed_dataset import IndexedDataset
         if not Path(str(prefix) + ".idx").exists():
             raise FileNotFoundError(f"CPT shards {prefix}.bin/.idx not found: run `lwm prepare` first")
         try:
@@ -99,8 +129,8 @@ class PackedShards:
             self._check_manifest(Path(prefix), lengths)
         except (OSError, ValueError) as e:
             raise type(e)(f"CPT shards: {e}; {RERUN}") from None
-        self.data, self.pad_id = IndexedDataset(str(prefix)), pad_id
-        self.mask = IndexedDataset(str(mask)) if mask else None
+        self.data, self.pad_id = ShardRows(prefix), pad_id
+        self.mask = ShardRows(mask) if mask else None
         self.n = len(self.data)
         self.order = EpochOrder(self.n, seed)
 
@@ -145,10 +175,10 @@ class PackedShards:
 
     def batch(self, k: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = [self.order(j) for j in range(k * batch_size, (k + 1) * batch_size)]
-        ids = torch.stack([torch.from_numpy(self.data[r].astype(np.int64)) for r in rows])
+        ids = torch.from_numpy(np.stack([self.data[r] for r in rows]).astype(np.int64))
         mask = None
         if self.mask is not None:
-            mask = torch.stack([torch.from_numpy(self.mask[r].astype(np.bool_)) for r in rows])
+            mask = torch.from_numpy(np.stack([self.mask[r] for r in rows]).astype(np.bool_))
         return ids, labels_for(ids, mask, self.pad_id)
 
 
@@ -176,3 +206,64 @@ def rank_batch(batches, step: int, micro: int, grad_accum: int, rank: int, dp: i
     + rank, so dp=1 reads exactly the batches of the single-process loop and a DP run reads
     dp of them per micro-step, none twice."""
     return batches.batch((step * grad_accum + micro) * dp + rank, batch_size)
+
+
+class Prefetch:
+    """The items fn(key) for the keys in order, assembled on a background thread up to `depth`
+    ahead of the consumer, so reading rows, an epoch's new permutation and a slow file system
+    overlap the training step instead of adding to it. The order is the keys': item k is fn(k)
+    whatever the timing, so a resumed run and every data-parallel rank read what they read
+    without it. An exception in fn is raised by next() in the consumer, after the items before
+    it; close() (or leaving the with block) stops the thread.
+
+    The loop's keys are steps and fn a step's micro-batches. At the GPU check's size (a step of
+    ~0.2 s) 8 steps, 1.7 s, cover a 10M-sequence epoch's permutation (0.5-1.5 s on two busy
+    cores, bench/bench_datapath.py), for the memory of 8 steps' batches."""
+
+    def __init__(self, fn, keys, depth: int = 8):
+        self._fn, self._keys = fn, iter(keys)
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._fill, name="lwm-prefetch", daemon=True)
+        self._thread.start()
+
+    def _fill(self) -> None:
+        try:
+            for key in self._keys:
+                if not self._put((True, self._fn(key))):
+                    return
+        except BaseException as err:  # noqa: BLE001 - handed to the consumer, which raises it
+            self._put((False, err))
+            return
+        self._put((False, StopIteration()))
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._stop.is_set():
+            raise StopIteration
+        ok, item = self._queue.get()
+        if not ok:
+            self._stop.set()
+            raise item
+        return item
+
+    def close(self) -> None:
+        self._stop.set()  # a put waiting on a full queue gives up within its 0.1 s timeout
+        self._thread.join()
+
+    def __enter__(self) -> Prefetch:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

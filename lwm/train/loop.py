@@ -28,7 +28,7 @@ from tqdm import tqdm
 from lwm.train import checkpoint
 from lwm.tracking import RunPaths, Tracker
 from lwm.train import dist, preempt
-from lwm.train.data import rank_batch
+from lwm.train.data import Prefetch, rank_batch
 from lwm.train.engines import get_engine
 from lwm.train.optim import spec
 
@@ -119,39 +119,45 @@ def run(cfg, paths: RunPaths, job: Job) -> dict:
     main = dist.is_main()
     optim = spec(tcfg)
     tracker = Tracker(cfg, stage, out) if main else None
-    # The whole run's statistics: carried in every checkpoint, so a resumed run reports them all.
-    stats = resumed.get("stats") or {"heldout_loss_before": heldout_loss(engine, job.heldout, tcfg.batch_size),
-                                     "train_loss_first": None, "recent_losses": [], "tokens": 0, "train_s": 0.0}
-    t0, segment_tokens = time.time(), 0
-    bar = tqdm(total=tcfg.max_steps, initial=step, desc=f"{stage} ({engine.name})", unit="step", disable=not main)
-    while step < tcfg.max_steps:
-        micro = [rank_batch(job.train, step, k, tcfg.grad_accum, engine.dp_rank, engine.dp, tcfg.batch_size)
-                 for k in range(tcfg.grad_accum)]
-        lr = optim.lr_at(step)
-        loss, grad_norm = engine.step(micro, lr)
-        step += 1
-        segment_tokens += sum(ids.numel() for ids, _ in micro) * engine.dp
-        if stats["train_loss_first"] is None:
-            stats["train_loss_first"] = loss
-        stats["recent_losses"] = (stats["recent_losses"] + [loss])[-5:]
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss:.3f}")
-        if tracker and (step % tcfg.log_every == 0 or step == tcfg.max_steps):
-            tracker.log({"loss": loss, "lr": lr, "grad_norm": grad_norm,
-                         "tokens_per_s": segment_tokens / (time.time() - t0)}, step=step)
-        preempted = preempt.requested() and step < tcfg.max_steps
-        if step % tcfg.save_every == 0 or step == tcfg.max_steps or preempted:
-            saved = {**stats, "tokens": stats["tokens"] + segment_tokens,
-                     "train_s": stats["train_s"] + time.time() - t0}
-            path = checkpoint.begin(ckpt_dir, step)
-            with _writing(path, "the checkpoint"):
-                engine.save(path)
-                checkpoint.commit(path, step, {"layout": engine.describe(), **engine.meta(), "stats": saved})
-        if preempted:
-            # Slurm is about to stop the job: the requeued job resumes from this checkpoint.
-            log.info("%s: preempted at step %d, checkpoint saved", stage, step)
-            bar.close()
-            return {"steps": step, "preempted": True}
+    # Batches are assembled on a background thread from here on, ahead of the steps that take
+    # them: the first ones while the held-out loss runs. Batch k is still rank_batch(k).
+    def step_batches(s: int) -> list:
+        return [rank_batch(job.train, s, k, tcfg.grad_accum, engine.dp_rank, engine.dp, tcfg.batch_size)
+                for k in range(tcfg.grad_accum)]
+
+    with Prefetch(step_batches, range(step, tcfg.max_steps)) as upcoming:
+        # The whole run's statistics: carried in every checkpoint, so a resumed run reports them all.
+        stats = resumed.get("stats") or {"heldout_loss_before": heldout_loss(engine, job.heldout, tcfg.batch_size),
+                                         "train_loss_first": None, "recent_losses": [], "tokens": 0, "train_s": 0.0}
+        t0, segment_tokens = time.time(), 0
+        bar = tqdm(total=tcfg.max_steps, initial=step, desc=f"{stage} ({engine.name})", unit="step", disable=not main)
+        while step < tcfg.max_steps:
+            micro = next(upcoming)
+            lr = optim.lr_at(step)
+            loss, grad_norm = engine.step(micro, lr)
+            step += 1
+            segment_tokens += sum(ids.numel() for ids, _ in micro) * engine.dp
+            if stats["train_loss_first"] is None:
+                stats["train_loss_first"] = loss
+            stats["recent_losses"] = (stats["recent_losses"] + [loss])[-5:]
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.3f}")
+            if tracker and (step % tcfg.log_every == 0 or step == tcfg.max_steps):
+                tracker.log({"loss": loss, "lr": lr, "grad_norm": grad_norm,
+                             "tokens_per_s": segment_tokens / (time.time() - t0)}, step=step)
+            preempted = preempt.requested() and step < tcfg.max_steps
+            if step % tcfg.save_every == 0 or step == tcfg.max_steps or preempted:
+                saved = {**stats, "tokens": stats["tokens"] + segment_tokens,
+                         "train_s": stats["train_s"] + time.time() - t0}
+                path = checkpoint.begin(ckpt_dir, step)
+                with _writing(path, "the checkpoint"):
+                    engine.save(path)
+                    checkpoint.commit(path, step, {"layout": engine.describe(), **engine.meta(), "stats": saved})
+            if preempted:
+                # Slurm is about to stop the job: the requeued job resumes from this checkpoint.
+                log.info("%s: preempted at step %d, checkpoint saved", stage, step)
+                bar.close()
+                return {"steps": step, "preempted": True}
     bar.close()
     stats["tokens"] += segment_tokens
     stats["train_s"] += time.time() - t0
