@@ -9,6 +9,9 @@ does. Reported, on this machine:
     sampled, and of the tree's sum);
   - the ceiling: the tokenizer alone on the same rendered text (tokens/s per core);
   - a baseline: plain `datasets.map` tokenisation of the same text (tokens/s per core).
+Each also per CPU second (the CPU time of prepare's whole process tree, sampled; of this process
+for the ceiling and baseline): on a machine others share, wall-clock rates move with their load,
+rates per CPU second much less, so `prepare / ceiling` is also given per CPU second.
 """
 
 from __future__ import annotations
@@ -60,12 +63,13 @@ def make_corpus(seed_file: Path, out: Path, n: int, shards: int) -> int:
     return size
 
 
-def tokenizer_ceiling(tokenizer: str, texts: list[str]) -> float:
+def tokenizer_ceiling(tokenizer: str, texts: list[str]) -> tuple[float, float]:
+    """Tokens per second of wall clock and of CPU time."""
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tokenizer)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     n = sum(len(ids) for ids in tok(texts, add_special_tokens=False)["input_ids"])
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
 
 
 def datasets_map_baseline(tokenizer: str, texts: list[str]) -> float:
@@ -73,11 +77,11 @@ def datasets_map_baseline(tokenizer: str, texts: list[str]) -> float:
     from transformers import AutoTokenizer
     tok = AutoTokenizer.from_pretrained(tokenizer)
     ds = datasets.Dataset.from_dict({"text": texts})
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     out = ds.map(lambda b: tok(b["text"], add_special_tokens=False), batched=True,
                  remove_columns=["text"], load_from_cache_file=False)
     n = sum(len(ids) for ids in out["input_ids"])
-    return n / (time.perf_counter() - start)
+    return n / (time.perf_counter() - start), n / (time.process_time() - cpu)
 
 
 def main() -> None:
@@ -94,12 +98,14 @@ def main() -> None:
     if not a.ceiling_only and a.seed_file is None:
         ap.error("--seed-file is required (unless --ceiling-only)")
     run = a.work / "run"
-    if not a.ceiling_only:
-        run_prepare(a, run)
-    ceiling_and_baseline(run, a.sample)
+    per_cpu = run_prepare(a, run) if not a.ceiling_only else None
+    _, ceiling_cpu = ceiling_and_baseline(run, a.sample)
+    if per_cpu:
+        print(f"prepare / tokenizer alone, per CPU second: {per_cpu / ceiling_cpu:.3f}")
 
 
-def run_prepare(a, run: Path) -> None:
+def run_prepare(a, run: Path) -> float:
+    """Runs prepare; returns its CPT tokens per CPU second."""
     corpus = a.work / "corpus"
     t = time.perf_counter()
     size = make_corpus(a.seed_file, corpus, a.trajectories, shards=max(a.workers * 4, 1))
@@ -111,7 +117,7 @@ def run_prepare(a, run: Path) -> None:
            f"prepare.workers={a.workers}", f"prepare.tasks={a.tasks}"]
     t = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    peak_one, peak_tree = watch_rss(proc)
+    peak_one, peak_tree, cpu = watch_rss(proc)
     if proc.returncode != 0:
         raise SystemExit(f"prepare failed ({proc.returncode}): {' '.join(cmd)}")
     wall = time.perf_counter() - t
@@ -123,14 +129,20 @@ def run_prepare(a, run: Path) -> None:
           f"{tokens / wall / a.workers:.0f} CPT tokens/s per core ({a.workers} workers), "
           f"peak RSS of one process {peak_kib / 2**10:.0f} MiB, of all its processes together "
           f"{peak_tree:.0f} MiB")
+    print(f"prepare CPU: {cpu:.0f} s of all its processes ({cpu / wall:.2f} cores busy on average), "
+          f"{tokens / cpu:.0f} CPT tokens per CPU second")
     print(f"packed CPT shards: real-token fraction {manifest['cpt']['train']['real_token_fraction']:.4f}")
+    return tokens / cpu
 
 
-def watch_rss(proc: subprocess.Popen, every: float = 0.5) -> tuple[float, float]:
+def watch_rss(proc: subprocess.Popen, every: float = 0.5) -> tuple[float, float, float]:
     """Until proc exits: the largest RSS of any one process of its tree, and of the tree's sum,
-    in MiB, sampled every `every` seconds (datatrove's pool workers included)."""
+    in MiB, sampled every `every` seconds (datatrove's pool workers included), and the CPU
+    seconds (user + system, each process its own) of every process of the tree as last sampled
+    (what a process spends in its last `every` seconds, or in a life shorter than that, is
+    missed: seconds in all, against minutes of CPU)."""
     import psutil
-    root, one, tree = psutil.Process(proc.pid), 0.0, 0.0
+    root, one, tree, cpu = psutil.Process(proc.pid), 0.0, 0.0, {}
     while proc.poll() is None:
         total = 0
         try:
@@ -140,16 +152,19 @@ def watch_rss(proc: subprocess.Popen, every: float = 0.5) -> tuple[float, float]
         for p in procs:
             try:
                 rss = p.memory_info().rss
+                t = p.cpu_times()
+                cpu[(p.pid, p.create_time())] = t.user + t.system
             except psutil.NoSuchProcess:
                 continue
             one, total = max(one, rss / 2**20), total + rss
         tree = max(tree, total / 2**20)
         time.sleep(every)
     proc.wait()
-    return one, tree
+    return one, tree, sum(cpu.values())
 
 
-def ceiling_and_baseline(run: Path, sample: int) -> None:
+def ceiling_and_baseline(run: Path, sample: int) -> tuple[float, float]:
+    """The tokenizer alone's tokens per second of wall clock and per CPU second."""
     from lwm import render
     from lwm.domains import get_domain
     from lwm.schema import Trajectory
@@ -158,8 +173,11 @@ def ceiling_and_baseline(run: Path, sample: int) -> None:
     texts = [render.cpt_document(get_domain(r.domain), r)
              for r in (Trajectory.from_dict(json.loads(l)) for l in lines)]
     tok_dir = str(run / "prepare" / "tokenizer")
-    print(f"tokenizer alone (ceiling): {tokenizer_ceiling(tok_dir, texts):.0f} tokens/s per core")
-    print(f"datasets.map baseline:     {datasets_map_baseline(tok_dir, texts):.0f} tokens/s per core")
+    ceiling, ceiling_cpu = tokenizer_ceiling(tok_dir, texts)
+    baseline, baseline_cpu = datasets_map_baseline(tok_dir, texts)
+    print(f"tokenizer alone (ceiling): {ceiling:.0f} tokens/s per core, {ceiling_cpu:.0f} per CPU second")
+    print(f"datasets.map baseline:     {baseline:.0f} tokens/s per core, {baseline_cpu:.0f} per CPU second")
+    return ceiling, ceiling_cpu
 
 
 if __name__ == "__main__":

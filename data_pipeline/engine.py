@@ -1,16 +1,17 @@
 """The data engine of `lwm prepare`: datatrove pipelines, run locally or on Slurm.
 
-    read + validate + curate ──▶ check ──▶ duplicate ids ──▶ MinHash signatures ──▶ buckets
-            (tasks)               (1)          (1)                 (tasks)            (14)
-    ──▶ clusters ──▶ filter ──▶ render: split, tokenize, pack CPT shards, SFT/RL/eval rows
-          (1)        (tasks)     (tasks)
+    read + validate + curate + MinHash signatures ──▶ check ──▶ duplicate ids ──▶ buckets
+                       (tasks)                          (1)          (1)            (14)
+    ──▶ clusters ──▶ render: drop duplicates, split, tokenize, pack CPT shards, SFT/RL/eval rows
+          (1)         (tasks)
 
 Every box is a datatrove executor; datatrove marks each task complete when it finishes, so a
 killed prepare, rerun, redoes only the unfinished tasks, and every task's output depends only
 on its input, so the result is byte-identical to an uninterrupted run. Which records survive
 does not depend on the number of tasks either: of each cluster of duplicates, dedup keeps the
 record that comes first in the input, and of records sharing an id, the first in the input is
-kept (the others are dropped at render, counted as "duplicate id"). Tasks stream records: peak
+kept. Render drops both by input order (counted as "duplicate" and "duplicate id"): the
+corpus is written once, by curate, and read once more, by render. Tasks stream records: peak
 memory depends on the task, not on the corpus. `prepare.executor=slurm` renders the same
 pipelines as Slurm job arrays (datatrove's SlurmPipelineExecutor).
 """
@@ -34,9 +35,7 @@ from datatrove.data import Document
 from datatrove.executor import SlurmPipelineExecutor
 from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets,
-                                              MinhashDedupCluster, MinhashDedupFilter,
-                                              MinhashDedupSignature)
-from datatrove.pipeline.readers import JsonlReader
+                                              MinhashDedupCluster, MinhashDedupSignature)
 from datatrove.pipeline.writers import JsonlWriter
 from datatrove.utils.binaryio import read_tuples_from_file
 from datatrove.utils.text import TextNormConfig
@@ -162,9 +161,17 @@ class ReadAndCurate(PipelineStep):
         if reason is not None:
             counts["filtered"][reason] += 1
             return None
-        record = json.loads(traj.to_json())
         return Document(text=content_text(traj), id=traj.id,
-                        metadata={"record": record, "sample": sample})
+                        metadata={"record": plain_record(traj), "sample": sample})
+
+
+def plain_record(traj: Trajectory) -> dict:
+    """The trajectory as the dict json.loads(traj.to_json()) gives (its fields in order, steps as
+    dicts), without a JSON round trip: its tools and meta came from parsed JSON already."""
+    return {"id": traj.id, "domain": traj.domain, "source": traj.source,
+            "steps": [{"action": s.action, "observation": s.observation} for s in traj.steps],
+            "task": traj.task, "tools": traj.tools, "initial_observation": traj.initial_observation,
+            "meta": traj.meta, "schema_version": traj.schema_version}
 
 
 ID_BUCKETS = 16  # duplicate ids are found per bucket of ids: no task holds every id of the corpus
@@ -349,28 +356,41 @@ class Executors:
         return ex
 
 
-class OrderedSignature(MinhashDedupSignature):
-    """MinHash signatures, and beside them (orders/<rank>.npy) each document's place in the
-    input, by the index the signatures name it with (the task's document count)."""
+class CurateSignatures(MinhashDedupSignature):
+    """MinHash signatures of the curated documents as they stream past to the writer (so the
+    curated corpus is not read again to sign it), and beside them (orders/<rank>.npy) each
+    document's place in the input, by the index the signatures name it with (the task's
+    document count). Datatrove's own step then sorts and verifies the bucket files."""
 
     def run(self, data, rank: int = 0, world_size: int = 1):
         orders = []
-
-        def recorded():
-            for doc in data:
-                orders.append(doc.metadata["order"])
-                yield doc
-        super().run(recorded(), rank, world_size)
+        cfg = self.config
+        record = struct.Struct(f"<{cfg.hashes_per_bucket}{cfg.hash_config.struct_format}I")
+        buckets = [self.output_folder.open(f"bucket_{b:03d}/{rank:05d}.minhash.sig", mode="wb")
+                   for b in range(cfg.num_buckets)]
+        for doc_idx, doc in enumerate(data):
+            orders.append(doc.metadata["order"])
+            with self.track_time():
+                shingles = self.get_shingles(doc.text)
+                if shingles.size != 0:
+                    for bucket, sig in zip(buckets, self.get_signature(shingles)):
+                        bucket.write(record.pack(*sig, doc_idx))
+            yield doc
+        for f in buckets:
+            f.close()
         path = Path(self.output_folder.path) / "orders" / f"{rank:05d}.npy"
         path.parent.mkdir(parents=True, exist_ok=True)
         np.save(path, np.array(orders, dtype=np.int64))
+        self.skip_existing_sigs = True  # written above: datatrove's step only sorts them
+        super().run(iter(()), rank, world_size)
 
 
 class FirstInInputCluster(MinhashDedupCluster):
     """Clusters of duplicates, as datatrove's step finds them (connected by shared LSH buckets),
     but each keeps its first record in input order. Datatrove keeps a member chosen by the
     (task, index) pairs and the merge order, so another task count kept another record, and
-    with it moved the split and the tokenizer's sample."""
+    with it moved the split and the tokenizer's sample. The others' input orders are written
+    (REMOVED), which render and the tokenizer skip: no step rewrites the corpus without them."""
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         signatures = Path(self.input_folder.path).parent / "signatures" / "orders"
@@ -397,40 +417,55 @@ class FirstInInputCluster(MinhashDedupCluster):
                         if a != b:  # the root is the member first in the input
                             a, b = (a, b) if order(a) < order(b) else (b, a)
                             parent[b] = a
-            with self.output_folder.get_output_file_manager(mode="wb") as out:
-                for node in sorted(parent):
-                    self.stat_update("duplicates")
-                    if root(node) != node:
-                        out.write(f"{node[0]:06d}.remove", struct.pack("<I", node[1]))
-                        self.stat_update("to_remove")
+            removed = []
+            for node in sorted(parent):
+                self.stat_update("duplicates")
+                if root(node) != node:
+                    removed.append(order(node))
+                    self.stat_update("to_remove")
+            out = Path(self.output_folder.path) / REMOVED
+            out.parent.mkdir(parents=True, exist_ok=True)
+            np.save(out, np.array(sorted(removed), dtype=np.int64))
+        return
+        yield  # a generator, as datatrove expects of a step
+
+
+REMOVED = "removed_orders.npy"  # in minhash/clusters: the input orders of near duplicates dropped
+
+
+def near_duplicate_orders(work: Path) -> np.ndarray:
+    """The input orders of records MinHash dedup drops (each cluster keeps its first), sorted;
+    none when dedup is off."""
+    path = Path(work) / "minhash" / "clusters" / REMOVED
+    return np.load(path) if path.exists() else np.zeros(0, dtype=np.int64)
+
+
+def _doc_adapter(self, doc: Document) -> dict:
+    """A curated document as written: its id and metadata (without the deep copy of every record
+    that datatrove's default adapter, dataclasses.asdict, makes). Its text, what dedup compares,
+    was signed on the way here and nothing reads it again: the id stands in for it (datatrove's
+    reader skips a document without text)."""
+    return {"text": doc.id, "id": doc.id, "metadata": doc.metadata}
 
 
 def curate_and_dedup(inputs: list[Path], work: Path, data: DataConfig, prepare: PrepareConfig,
                      tasks: int, executors: Executors):
-    """Builds the executors up to the deduplicated documents in work/deduped; returns the last."""
-    reader = lambda: JsonlReader(str(work / "curated"), glob_pattern="*.jsonl.gz")  # noqa: E731
+    """Builds the executors up to the curated documents in work/curated and, with dedup, the
+    input orders of the near duplicates to drop (near_duplicate_orders); returns the last."""
+    signatures = work / "minhash" / "signatures"
     executors("curate", [
         ReadAndCurate([str(p) for p in inputs], str(work), data, prepare),
-        JsonlWriter(str(work / "curated"), output_filename="${rank}.jsonl.gz"),
+        *([CurateSignatures(output_folder=str(signatures), config=MINHASH, language=WhitespaceWords())]
+          if prepare.dedup else []),
+        JsonlWriter(str(work / "curated"), output_filename="${rank}.jsonl.gz", adapter=_doc_adapter),
     ], tasks)
     executors("check_curated", [CheckCurated(str(work), [str(p) for p in inputs], list(data.domains))], 1)
     last = executors("duplicate_ids", [FindDuplicateIds(str(work))], 1)
     if not prepare.dedup:
-        return last, work / "curated"
-    executors("minhash_signatures", [reader(), OrderedSignature(
-        output_folder=str(work / "minhash" / "signatures"), config=MINHASH,
-        language=WhitespaceWords())], tasks)
+        return last
     executors("minhash_buckets", [MinhashDedupBuckets(
-        input_folder=str(work / "minhash" / "signatures"),
-        output_folder=str(work / "minhash" / "buckets"), config=MINHASH)], MINHASH.num_buckets)
-    executors("minhash_cluster", [FirstInInputCluster(
+        input_folder=str(signatures), output_folder=str(work / "minhash" / "buckets"),
+        config=MINHASH)], MINHASH.num_buckets)
+    return executors("minhash_cluster", [FirstInInputCluster(
         input_folder=str(work / "minhash" / "buckets"),
-        output_folder=str(work / "minhash" / "remove_ids"), config=MINHASH)], 1)
-    last = executors("minhash_filter", [
-        reader(),
-        MinhashDedupFilter(input_folder=str(work / "minhash" / "remove_ids"),
-                           exclusion_writer=JsonlWriter(str(work / "duplicates"),
-                                                        output_filename="${rank}.jsonl.gz")),
-        JsonlWriter(str(work / "deduped"), output_filename="${rank}.jsonl.gz"),
-    ], tasks)
-    return last, work / "deduped"
+        output_folder=str(work / "minhash" / "clusters"), config=MINHASH)], 1)

@@ -20,12 +20,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from megatron.core.datasets.indexed_dataset import DType
 
-from lwm.train.data import INDEX_HEADER as HEADER
-from lwm.train.data import INDEX_PREFIX as _PREFIX
-from lwm.train.data import index_header
 CHUNK = 1 << 20  # entries per write: 8 MiB of int64
+# The format's constants, here so that writing shards imports neither megatron-core nor torch
+# (tests/test_prepare_engine.py checks them against megatron-core's and lwm.train.data's).
+HEADER = b"MMIDIDX\x00\x00"
+_PREFIX = len(HEADER) + 8 + 1 + 8 + 8  # header, version, dtype code, the two counts
+CODES = {np.dtype(np.uint8): 1, np.dtype(np.int8): 2, np.dtype(np.int16): 3, np.dtype(np.int32): 4,
+         np.dtype(np.int64): 5, np.dtype(np.float64): 6, np.dtype(np.float32): 7,
+         np.dtype(np.uint16): 8}  # megatron.core.datasets.indexed_dataset.DType
 
 
 @dataclass
@@ -37,6 +40,7 @@ class IndexPart:
 
     @classmethod
     def read(cls, prefix: Path) -> "IndexPart":
+        from lwm.train.data import index_header  # torch: only when publishing
         return cls(Path(prefix), *index_header(Path(f"{prefix}.idx")))
 
     def array(self, which: str) -> np.ndarray:
@@ -54,7 +58,7 @@ def concat(parts: list[str | Path], out_prefix: str | Path, dtype) -> dict:
     """Write `out_prefix`.bin/.idx as the concatenation of the indexed datasets at `parts`
     (prefixes, in order), each holding tokens of `dtype`. Returns the totals."""
     dtype = np.dtype(dtype)
-    code = DType.code_from_dtype(dtype.type)
+    code = CODES[dtype]
     index = [IndexPart.read(Path(p)) for p in parts]
     tokens = 0
     for part in index:
@@ -93,6 +97,21 @@ def concat(parts: list[str | Path], out_prefix: str | Path, dtype) -> dict:
                 out.write((chunk + offset).tobytes())
             offset += part.sequences
     return {"sequences": sequences, "documents": documents - 1, "tokens": tokens}
+
+
+def write_index(path: Path, dtype, sequences: int, seq_len: int) -> None:
+    """The .idx of `sequences` sequences of `seq_len` tokens of `dtype`, each its own document:
+    what IndexedDatasetBuilder writes after add_document(sequence, [seq_len]) per sequence."""
+    dtype = np.dtype(dtype)
+    with open(path, "wb") as out:
+        out.write(HEADER + struct.pack("<QBQQ", 1, CODES[dtype], sequences, sequences + 1))
+        for start in range(0, sequences, CHUNK):
+            out.write(np.full(min(CHUNK, sequences - start), seq_len, np.int32).tobytes())
+        for start in range(0, sequences, CHUNK):
+            seqs = np.arange(start, min(start + CHUNK, sequences), dtype=np.int64)
+            out.write((seqs * seq_len * dtype.itemsize).tobytes())
+        for start in range(0, sequences + 1, CHUNK):
+            out.write(np.arange(start, min(start + CHUNK, sequences + 1), dtype=np.int64).tobytes())
 
 
 def _chunks(a: np.ndarray):

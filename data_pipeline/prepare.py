@@ -33,6 +33,7 @@ import logging
 import os
 import random
 import shutil
+from array import array
 from collections import Counter
 from pathlib import Path
 
@@ -43,10 +44,10 @@ from datatrove.pipeline.base import PipelineStep
 from datatrove.pipeline.readers import JsonlReader
 from omegaconf import DictConfig, OmegaConf
 
-from data_pipeline import lifeline, progress
-from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
+from data_pipeline import indexed, lifeline, progress
+from data_pipeline.curate.turn_types import KEEP, token_keep_mask, turn_kinds
 from data_pipeline.engine import (Executors, curate_and_dedup, duplicate_orders, is_duplicate,
-                                  write_json)
+                                  near_duplicate_orders, write_json)
 from lwm import render
 from lwm.config import DataConfig, PrepareConfig
 from lwm.domains import get_domain, register_extra, run_domains
@@ -132,23 +133,29 @@ def _rng(seed: int, key: str) -> random.Random:
     return random.Random(f"{seed}:{key}")
 
 
-def cpt_tokens(tok, domain, traj: Trajectory, masked: bool) -> tuple[list[int], list[int], Counter]:
-    """A trajectory's CPT token ids and loss mask (1 = predicted). Segments are tokenized one
-    by one so every observation's tokens are known; with `masked`, each observation keeps the
-    share of its tokens that its turn type earns."""
-    ids, mask, kinds = [], [], Counter()
-    for text, turn in render.cpt_segments(domain, traj):
-        seg = tok.encode(text, add_special_tokens=False)
-        keep = [1] * len(seg)
-        if masked and turn:
-            step = traj.steps[turn - 1]
-            previous = traj.steps[turn - 2].observation if turn > 1 else traj.initial_observation
-            kind = classify(turn_stats(step.action, step.observation, previous))
-            kinds[kind] += 1
-            keep = token_keep_mask(len(seg), KEEP[kind], f"{traj.id}:{turn}")
+def cpt_tokens(tok, domain, traj: Trajectory, masked: bool) -> tuple[list[int], bytes, Counter]:
+    """A trajectory's CPT token ids and loss mask (1 = predicted). Segments are tokenized
+    apart (in one call) so every observation's tokens are known; with `masked`, each
+    observation keeps the share of its tokens that its turn type earns."""
+    segments = render.cpt_segments(domain, traj)
+    texts = [text for text, _ in segments]
+    if getattr(tok, "is_fast", False):  # the Rust tokenizer directly: same ids, less overhead
+        encoded = [e.ids for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    else:
+        encoded = [tok.encode(text, add_special_tokens=False) for text in texts]
+    kinds_of = turn_kinds(traj.initial_observation, traj.steps) if masked else None
+    ids, mask, kinds = [], bytearray(), Counter()
+    for (_, turn), seg in zip(segments, encoded):
         ids += seg
-        mask += keep
-    return ids + [tok.eos_token_id], mask + [1], kinds
+        if kinds_of is not None and turn:
+            kind = kinds_of[turn - 1]
+            kinds[kind] += 1
+            mask += bytes(token_keep_mask(len(seg), KEEP[kind], f"{traj.id}:{turn}"))
+        else:
+            mask += b"\x01" * len(seg)
+    ids.append(tok.eos_token_id)
+    mask.append(1)
+    return ids, bytes(mask), kinds
 
 
 def mixture_copies(traj: Trajectory, mixture: dict, seed: int) -> int:
@@ -163,35 +170,40 @@ def mixture_copies(traj: Trajectory, mixture: dict, seed: int) -> int:
 class ShardPacker:
     """Packs token streams into seq_len sequences (EOS between documents) in Megatron's indexed
     format, one packed sequence per entry, with a parallel uint8 loss-mask dataset
-    (<prefix>_lossmask) aligned token for token. The last sequence is padded, never trained."""
+    (<prefix>_lossmask) aligned token for token. The last sequence is padded, never trained.
+    Written directly (data_pipeline/indexed.py), byte for byte what megatron-core's
+    IndexedDatasetBuilder writes, without importing it (and torch) in every render worker."""
 
     def __init__(self, prefix: Path, seq_len: int, pad_id: int):
-        from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
         self.prefix, self.seq_len, self.pad_id = prefix, seq_len, pad_id
-        self.ids = IndexedDatasetBuilder(str(prefix) + ".bin", dtype=np.int32)
-        self.mask = IndexedDatasetBuilder(str(prefix) + "_lossmask.bin", dtype=np.uint8)
-        self.buf, self.mbuf, self.sequences, self.real = [], [], 0, 0
+        self.ids = open(str(prefix) + ".bin", "wb")
+        self.mask = open(str(prefix) + "_lossmask.bin", "wb")
+        self.buf, self.mbuf, self.sequences, self.real = array("i"), bytearray(), 0, 0
+        assert self.buf.itemsize == 4  # int32, as the index declares
 
-    def _emit(self, ids, mask):
-        self.ids.add_document(np.array(ids, dtype=np.int32), [self.seq_len])
-        self.mask.add_document(np.array(mask, dtype=np.uint8), [self.seq_len])
-        self.sequences += 1
-
-    def add(self, ids: list[int], mask: list[int]) -> None:
-        self.buf += ids
+    def add(self, ids: list[int], mask: bytes) -> None:
+        self.buf.extend(ids)
         self.mbuf += mask
-        while len(self.buf) >= self.seq_len:
-            self._emit(self.buf[:self.seq_len], self.mbuf[:self.seq_len])
-            self.real += self.seq_len
-            self.buf, self.mbuf = self.buf[self.seq_len:], self.mbuf[self.seq_len:]
+        n = self.seq_len
+        while len(self.buf) >= n:
+            self.ids.write(self.buf[:n].tobytes())
+            self.mask.write(self.mbuf[:n])
+            del self.buf[:n], self.mbuf[:n]
+            self.sequences += 1
+            self.real += n
 
     def finish(self) -> dict:
         if self.buf:
-            pad = self.seq_len - len(self.buf)
-            self._emit(self.buf + [self.pad_id] * pad, self.mbuf + [0] * pad)
             self.real += len(self.buf)
-        self.ids.finalize(str(self.prefix) + ".idx")
-        self.mask.finalize(str(self.prefix) + "_lossmask.idx")
+            pad = self.seq_len - len(self.buf)
+            self.buf.extend([self.pad_id] * pad)
+            self.ids.write(self.buf.tobytes())
+            self.mask.write(bytes(self.mbuf) + bytes(pad))
+            self.sequences += 1
+        self.ids.close()
+        self.mask.close()
+        indexed.write_index(Path(str(self.prefix) + ".idx"), np.int32, self.sequences, self.seq_len)
+        indexed.write_index(Path(str(self.prefix) + "_lossmask.idx"), np.uint8, self.sequences, self.seq_len)
         return {"sequences": self.sequences, "tokens": self.sequences * self.seq_len,
                 "real_tokens": self.real}
 
@@ -207,6 +219,28 @@ def worker_tokenizer(path: str):
         _WORKER_TOKENIZER.clear()
         _WORKER_TOKENIZER[path] = load_tokenizer(path)
     return _WORKER_TOKENIZER[path]
+
+
+class RenderMemo:
+    """A trajectory's domain that renders each action and system prompt once: SFT, RL and eval
+    prompts render every earlier turn in the window again (eval every turn, for every turn)."""
+
+    def __init__(self, domain):
+        self._domain, self._actions, self._prompts = domain, {}, {}
+
+    def __getattr__(self, name):
+        return getattr(self._domain, name)
+
+    def render_action(self, action: str) -> str:
+        if action not in self._actions:
+            self._actions[action] = self._domain.render_action(action)
+        return self._actions[action]
+
+    def system_prompt(self, traj: Trajectory, *args, **kwargs) -> str:
+        key = (id(traj), args, tuple(sorted(kwargs.items())))  # one trajectory per RenderMemo
+        if key not in self._prompts:
+            self._prompts[key] = self._domain.system_prompt(traj, *args, **kwargs)
+        return self._prompts[key]
 
 
 class RenderShards(PipelineStep):
@@ -230,23 +264,28 @@ class RenderShards(PipelineStep):
                    for s in ("train", "heldout")}
         sft, rl = RowSink(out / "sft" / f"{rank:05d}.parquet"), RowSink(out / "rl" / f"{rank:05d}.parquet")
         evals: dict = {}  # domain -> its open JSONL file
-        stats = {"split": Counter(), "domains": Counter(), "copies": Counter(), "duplicate_ids": 0,
+        stats = {"split": Counter(), "domains": Counter(), "copies": Counter(), "duplicates": 0,
+                 "duplicate_ids": 0,
                  "turn_types": {"train": Counter(), "heldout": Counter()},
                  "prompt_tokens": [], "target_tokens": []}
         splits = {s: open(out / "splits" / f"{s}.{rank:05d}.jsonl", "w", encoding="utf-8")
                   for s in ("train", "heldout")}
-        duplicates = duplicate_orders(Path(self.work))
+        near, duplicates = near_duplicate_orders(Path(self.work)), duplicate_orders(Path(self.work))
         for doc in data:
+            if is_duplicate(near, doc.metadata["order"]):
+                stats["duplicates"] += 1
+                continue
             if is_duplicate(duplicates, doc.metadata["order"]):
                 stats["duplicate_ids"] += 1
                 continue
-            traj = Trajectory.from_dict(doc.metadata["record"])
+            record = doc.metadata["record"]
+            traj = Trajectory.from_dict(record)
             sample = doc.metadata["sample"]
-            domain = get_domain(traj.domain)
+            domain = RenderMemo(get_domain(traj.domain))
             split = "heldout" if is_heldout(traj.id, self.data.heldout_fraction, self.seed) else "train"
             stats["split"][split] += 1
             stats["domains"][traj.domain] += 1
-            splits[split].write(traj.to_json() + "\n")
+            splits[split].write(json.dumps(record, ensure_ascii=False) + "\n")  # traj.to_json()
             ids, mask, kinds = cpt_tokens(tok, domain, traj, self.prepare.cpt_loss_mask)
             copies = 1 if split == "heldout" else mixture_copies(traj, self.data.mixture, self.seed)
             if split == "train":
@@ -330,14 +369,6 @@ class RowSink:
             self.writer.close()
 
 
-def _docs(folder: Path):
-    """Stream documents of a datatrove JSONL folder in file order (bounded memory)."""
-    if not any(folder.glob("*.jsonl.gz")):
-        return
-    yield from JsonlReader(str(folder), glob_pattern="*.jsonl.gz").read_files_shard(
-        sorted(p.name for p in folder.glob("*.jsonl.gz")))
-
-
 def _docs_in_input_order(folder: Path):
     """Stream documents of a datatrove JSONL folder in input order: each task's file holds its
     records in input order (`order`), so merging the files gives the same sequence in any task
@@ -361,20 +392,30 @@ class TrainTokenizer(PipelineStep):
     def run(self, data=None, rank: int = 0, world_size: int = 1):
         register_extra(self.data.extra_domains)
 
-        duplicates = duplicate_orders(Path(self.docs_dir).parent)
+        work = Path(self.docs_dir).parent
+        near, duplicates = near_duplicate_orders(work), duplicate_orders(work)
 
         def texts():
             n = 0
             for doc in _docs_in_input_order(Path(self.docs_dir)):
                 if n >= self.sample:
                     return
-                if is_duplicate(duplicates, doc.metadata["order"]):
+                if is_duplicate(near, doc.metadata["order"]) or is_duplicate(duplicates, doc.metadata["order"]):
                     continue
                 traj = Trajectory.from_dict(doc.metadata["record"])
                 if not is_heldout(traj.id, self.data.heldout_fraction, self.seed):
                     n += 1
                     yield render.cpt_document(get_domain(traj.domain), traj)
-        train_tokenizer(texts(), self.data.vocab_size, self.out)
+        # Nothing else runs while the tokenizer trains: let it use every core (its result does
+        # not depend on the thread count), whatever the render workers are told.
+        os.environ["TOKENIZERS_PARALLELISM"], before = "true", os.environ.get("TOKENIZERS_PARALLELISM")
+        try:
+            train_tokenizer(texts(), self.data.vocab_size, self.out)
+        finally:
+            if before is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM")
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = before
         return
         yield  # a generator, as datatrove expects of a step
 
@@ -389,7 +430,6 @@ def _append(out_file, parts: list[Path]) -> None:
 
 def _merge(work: Path, out: Path) -> None:
     """Concatenate the tasks' outputs in task order into the published layout."""
-    from data_pipeline import indexed  # megatron-core, and so torch: only when publishing
     render_dir = work / "render"
     (out / "cpt").mkdir(parents=True)
     for split in ("train", "heldout"):
@@ -444,9 +484,7 @@ def manifest_of(work: Path, out: Path, fingerprint: str, inputs, tokenizer_sourc
     quarantined = _add([c["quarantined"] for c in curate])
     filtered = _add([c["filtered"] for c in curate])
     kept = sum(sum(r["split"].values()) for r in rendered)
-    dup_files = list((work / "duplicates").glob("*.jsonl.gz"))
-    duplicates = sum(1 for _ in _docs(work / "duplicates")) if dup_files else 0
-    if duplicates:
+    if duplicates := sum(r["duplicates"] for r in rendered):
         filtered["duplicate"] = duplicates
     if duplicate_ids := sum(r["duplicate_ids"] for r in rendered):
         filtered["duplicate id"] = duplicate_ids
@@ -561,7 +599,8 @@ def pipeline(data: DataConfig, prep: PrepareConfig, seed: int, paths: RunPaths, 
     work = paths.root / f"prepare.work-{fingerprint}"
     tasks = prep.tasks or auto_tasks(inputs)
     executors = Executors(prep.executor, work, min(prep.workers, tasks), prep.slurm)
-    _, docs_dir = curate_and_dedup(inputs, work, data, prep, tasks, executors)
+    curate_and_dedup(inputs, work, data, prep, tasks, executors)
+    docs_dir = work / "curated"  # near duplicates and repeated ids are dropped where read
     if not tokenizer:
         tokenizer = str(work / "tokenizer")
         executors("tokenizer", [TrainTokenizer(str(docs_dir), tokenizer, data,

@@ -9,7 +9,7 @@ import pytest
 from data_pipeline.curate.dedup import Decontaminator
 from data_pipeline.curate.filters import clean_turns, drop_reason
 from data_pipeline.curate.redact import redact_text, redact_trajectory
-from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_stats
+from data_pipeline.curate.turn_types import KEEP, classify, token_keep_mask, turn_kinds, turn_stats
 from lwm.config import FilterConfig
 from lwm.schema import Step, Trajectory, load_trajectories
 from tests.conftest import TRAJECTORIES, make_cfg
@@ -148,6 +148,19 @@ def test_turn_type_categories():
         assert classify(turn_stats(action, observation)) == expected, expected
     assert set(KEEP) == {"retrieval", "expansion", "action", "transform", "boilerplate", "echo", "other"}
     assert (KEEP["retrieval"], KEEP["transform"], KEEP["boilerplate"], KEEP["echo"]) == (1.0, 0.5, 0.1, 0.05)
+
+
+def test_turn_kinds_classify_every_turn_as_turn_stats_does():
+    """turn_kinds (render finds each text's words once) agrees with classify(turn_stats(...))
+    turn by turn, the previous observation being the initial one for turn 1."""
+    for t in load_trajectories(TRAJECTORIES):
+        previous = [t.initial_observation] + [s.observation for s in t.steps]
+        want = [classify(turn_stats(s.action, s.observation, previous[i])) for i, s in enumerate(t.steps)]
+        assert turn_kinds(t.initial_observation, t.steps) == want
+    echo = traj(steps=(("echo hi there", "hi there"), ("ls", "hi there")), initial="hi there")
+    assert turn_kinds(echo.initial_observation, echo.steps) == [
+        classify(turn_stats("echo hi there", "hi there", "hi there")),
+        classify(turn_stats("ls", "hi there", "hi there"))]
 
 
 def test_token_keep_mask_fraction_and_determinism():

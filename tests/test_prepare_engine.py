@@ -79,11 +79,10 @@ def test_slurm_executor_renders_job_arrays(tmp_path):
     texts = [p.read_text() for p in main]
     names = [next(l for l in t.splitlines() if "--job-name" in l).split("=", 1)[1] for t in texts]
     assert names == ["lwm-prepare-curate", "lwm-prepare-check_curated", "lwm-prepare-duplicate_ids",
-                     "lwm-prepare-minhash_signatures", "lwm-prepare-minhash_buckets",
-                     "lwm-prepare-minhash_cluster", "lwm-prepare-minhash_filter", "lwm-prepare-tokenizer",
+                     "lwm-prepare-minhash_buckets", "lwm-prepare-minhash_cluster", "lwm-prepare-tokenizer",
                      "lwm-prepare-render", "lwm-prepare-publish"]
     assert all("#SBATCH --partition=cpu" in t for t in texts)
-    assert "#SBATCH --array=0-3" in texts[0] and "#SBATCH --array=0-13" in texts[4]
+    assert "#SBATCH --array=0-3" in texts[0] and "#SBATCH --array=0-13" in texts[3]
     ids = [100 + int(p.stem[3:]) for p in main]
     for i in range(1, len(main)):  # each stage waits for the previous one to succeed
         assert f"afterok:{ids[i - 1]}" in (scripts / f"{main[i].stem}.args").read_text()
@@ -155,3 +154,50 @@ def test_a_user_domain_from_config_reaches_the_workers(tmp_path, monkeypatch):
     manifest = prepare(cfg, RunPaths(tmp_path))
     assert manifest["records"]["kept"] == 12 and manifest["domains"] == {"toy": 12}
     assert manifest["eval"].get("toy", 0) + manifest["sft"]["samples"] > 0
+
+
+def test_shard_packer_writes_what_megatrons_builder_writes(tmp_path):
+    """ShardPacker writes the indexed format itself (no megatron-core, so no torch, in render
+    workers): byte for byte what IndexedDatasetBuilder writes for the same packed sequences,
+    with the header and dtype codes of megatron-core and of the training reader."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    from data_pipeline import indexed
+    from data_pipeline.prepare import ShardPacker
+    from lwm.train.data import INDEX_HEADER
+    assert indexed.HEADER == INDEX_HEADER
+    assert all(indexed.CODES[np.dtype(DType.dtype_from_code(d.value))] == d.value for d in DType)
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(0, 5000, int(n)).tolist() for n in rng.integers(1, 40, 30)]
+    masks = [bytes(rng.integers(0, 2, len(d)).tolist()) for d in docs]
+    packer = ShardPacker(tmp_path / "ours", 16, pad_id=0)
+    for ids, mask in zip(docs, masks):
+        packer.add(ids, mask)
+    got = packer.finish()
+    flat, flat_mask = sum(docs, []), b"".join(masks)
+    pad = -len(flat) % 16
+    flat, flat_mask = flat + [0] * pad, flat_mask + bytes(pad)
+    ids = IndexedDatasetBuilder(str(tmp_path / "theirs.bin"), dtype=np.int32)
+    mask = IndexedDatasetBuilder(str(tmp_path / "theirs_lossmask.bin"), dtype=np.uint8)
+    for start in range(0, len(flat), 16):
+        ids.add_document(np.array(flat[start:start + 16], dtype=np.int32), [16])
+        mask.add_document(np.frombuffer(flat_mask[start:start + 16], dtype=np.uint8), [16])
+    ids.finalize(str(tmp_path / "theirs.idx"))
+    mask.finalize(str(tmp_path / "theirs_lossmask.idx"))
+    for suffix in (".bin", ".idx", "_lossmask.bin", "_lossmask.idx"):
+        assert (tmp_path / f"ours{suffix}").read_bytes() == (tmp_path / f"theirs{suffix}").read_bytes(), suffix
+    assert got == {"sequences": len(flat) // 16, "tokens": len(flat), "real_tokens": len(flat) - pad}
+
+
+def test_plain_record_is_the_json_round_trip_of_a_trajectory():
+    """Curate keeps each record as a plain dict built field by field: it must stay what a JSON
+    round trip of the trajectory gives (fields in order), or train.jsonl would change."""
+    import json
+
+    from data_pipeline.engine import plain_record
+    from lwm.schema import Trajectory
+    for line in Path(TRAJECTORIES).read_text().splitlines()[:20]:
+        traj = Trajectory.from_dict(json.loads(line))
+        want = json.loads(traj.to_json())
+        assert plain_record(traj) == want and list(plain_record(traj)) == list(want)

@@ -34,17 +34,37 @@ def words(text: str) -> set[str]:
     return {w.lower() for w in _WORD.findall(text)}
 
 
+def _lowered(text: str) -> list[str]:
+    return [w.lower() for w in _WORD.findall(text)]
+
+
 def turn_stats(action: str, observation: str, previous: str = "") -> TurnStats:
-    a, o, p = words(action), words(observation), words(previous)
-    seq_a = " ".join(w.lower() for w in _WORD.findall(action))
-    seq_o = " ".join(w.lower() for w in _WORD.findall(observation))
-    n_a = max(len(seq_a.split()), 1)
-    n_o = len(seq_o.split())
+    return _stats(_lowered(action), _lowered(observation), words(previous))
+
+
+def _stats(seq_a: list[str], seq_o: list[str], p: set[str]) -> TurnStats:
+    """turn_stats of an action's and an observation's lower-cased words, and the previous
+    observation's word set."""
+    a, o = set(seq_a), set(seq_o)
+    n_a = max(len(seq_a), 1)
+    n_o = len(seq_o)
     if not o:
         return TurnStats(0.0, 0.0, 0.0, n_o / n_a)
-    verbatim = bool(seq_a and seq_o) and (f" {seq_o} " in f" {seq_a} " or f" {seq_a} " in f" {seq_o} ")
+    sa, so = " ".join(seq_a), " ".join(seq_o)
+    verbatim = bool(sa and so) and (f" {so} " in f" {sa} " or f" {sa} " in f" {so} ")
     return TurnStats(overlap=len(o & a) / len(o), novelty=len(o - a - p) / len(o),
                      jaccard=len(o & a) / len(o | a), length_ratio=n_o / n_a, verbatim=verbatim)
+
+
+def turn_kinds(initial_observation: str, steps) -> list[str]:
+    """classify(turn_stats(action, observation, previous observation)) of every step, each
+    observation's words found once (it is the next turn's previous observation too)."""
+    kinds, previous = [], words(initial_observation)
+    for step in steps:
+        seq_o = _lowered(step.observation)
+        kinds.append(classify(_stats(_lowered(step.action), seq_o, previous)))
+        previous = set(seq_o)
+    return kinds
 
 
 def classify(s: TurnStats) -> str:
