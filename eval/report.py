@@ -12,6 +12,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from lwm.identity import flat
 
 HEADLINE = {"rule": "rule-verifier score (x100)", "judge": "judge rubric total (0-100)",
@@ -32,10 +34,94 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def _cell(v, ci=None, sign: str = "") -> str:
+    if v is None:
+        return "-"
+    return f"{v:{sign}.2f}" + (f" [{ci[0]:{sign}.2f}, {ci[1]:{sign}.2f}]" if ci else "")
+
+
+# ---- confidence intervals: percentile bootstrap over samples, resampled within each domain ----
+
+Scored = list[tuple[str, str, float]]   # (sample id, domain, score 0-100) of one model
+
+
+def _by_domain(scored: Scored) -> dict[str, np.ndarray]:
+    out: dict[str, list[float]] = {}
+    for _, d, v in scored:
+        out.setdefault(d, []).append(v)
+    return {d: np.asarray(v, float) for d, v in sorted(out.items())}
+
+
+def _resampled_means(by_domain: dict[str, np.ndarray], resamples: int, seed: int) -> dict[str, np.ndarray]:
+    """Each domain's mean over `resamples` resamples of its samples (with replacement); the
+    generator is seeded per domain, so two models with the same samples draw the same indices."""
+    out = {}
+    for d, v in by_domain.items():
+        rng = np.random.default_rng([seed, *d.encode()])
+        out[d] = v[rng.integers(0, len(v), size=(resamples, len(v)))].mean(axis=1)
+    return out
+
+
+def _interval(draws: np.ndarray) -> list[float]:
+    return [float(np.percentile(draws, 2.5)), float(np.percentile(draws, 97.5))]
+
+
+def intervals(scored: Scored, resamples: int, seed: int) -> dict:
+    """95% percentile-bootstrap intervals of a model's per-domain means, micro and macro (the
+    samples resampled within each domain, the domains kept), with each domain's sample count."""
+    by = _by_domain(scored)
+    out = {"samples": {d: len(v) for d, v in by.items()}, "resamples": resamples, "seed": seed}
+    if resamples <= 0 or not by:
+        return out
+    draws = _resampled_means(by, resamples, seed)
+    n = sum(len(v) for v in by.values())
+    out["domains"] = {d: _interval(m) for d, m in draws.items()}
+    out["macro"] = _interval(np.mean(list(draws.values()), axis=0))
+    out["micro"] = _interval(sum(m * len(by[d]) for d, m in draws.items()) / n)
+    return out
+
+
+def gains(per_sample: dict[str, Scored], resamples: int, seed: int) -> dict[str, dict]:
+    """Each model against the one before it (init -> cpt -> sft -> rl): the mean per-sample
+    difference per domain and over domains (macro), on the samples both answered, with a paired
+    95% bootstrap interval (the same resampled samples on both sides)."""
+    names, out = list(per_sample), {}
+    for before, after in zip(names, names[1:]):
+        a = {i: (d, v) for i, d, v in per_sample[before]}
+        diff = [(i, d, v - a[i][1]) for i, d, v in per_sample[after] if i in a]
+        by = _by_domain(diff)
+        if not by:
+            continue
+        entry = {"domains": {d: float(v.mean()) for d, v in by.items()},
+                 "macro": float(np.mean([v.mean() for v in by.values()])),
+                 "samples": {d: len(v) for d, v in by.items()}}
+        if resamples > 0:
+            draws = _resampled_means(by, resamples, seed)
+            entry["ci"] = {d: _interval(m) for d, m in draws.items()}
+            entry["macro_ci"] = _interval(np.mean(list(draws.values()), axis=0))
+        out[f"{after} - {before}"] = entry
+    return out
+
+
+def gains_table(steps: dict[str, dict]) -> str:
+    """Markdown: one row per step between models, the mean gain per domain and macro with its
+    paired interval; a step whose interval lies above 0 is an ordering the data supports."""
+    if not steps:
+        return ""
+    domains = sorted({d for e in steps.values() for d in e["domains"]})
+    lines = ["| step | " + " | ".join(domains) + " | macro |", "|" + "---|" * (len(domains) + 2)]
+    for name, e in steps.items():
+        ci = e.get("ci", {})
+        cells = [_cell(e["domains"].get(d), ci.get(d), "+") for d in domains]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {_cell(e['macro'], e.get('macro_ci'), '+')} |")
+    return "\n".join(lines)
+
+
 def table(results: dict[str, dict]) -> str:
     """Markdown: one row per model, a column per domain, then micro (the mean over samples: what
     the benchmark's script prints as "Overall") and macro (the mean over domains: the paper's
-    table), and valid/failed counts for judged modes."""
+    table), and valid/failed counts for judged modes. With intervals recorded (`ci`), each cell
+    carries its 95% bootstrap interval and a first row counts each domain's samples."""
     heads = {name: headline(m) for name, m in results.items()}
     domains = sorted({d for per, _, _ in heads.values() for d in per})
     judged = any(m.get("mode", "rule") != "rule" for m in results.values())
@@ -44,8 +130,16 @@ def table(results: dict[str, dict]) -> str:
     cols = domains + ["micro (official script's Overall)", "macro (paper table)"] + \
         (["valid", "failed"] if judged else [])
     lines = ["| model | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 1)]
+    counts = [m["ci"]["samples"] for m in results.values() if m.get("ci")]
+    if counts:
+        n = {d: "/".join(sorted({str(c[d]) for c in counts if d in c})) or "-" for d in domains}
+        total = "/".join(sorted({str(sum(c.values())) for c in counts}))
+        lines.append("| samples (n) | " + " | ".join(n[d] for d in domains) + f" | {total} | {total} |"
+                     + (" | |" if judged else ""))
     for name, (per, micro, macro) in heads.items():
-        cells = [_fmt(per.get(d)) for d in domains] + [_fmt(micro), _fmt(macro)]
+        ci = results[name].get("ci") or {}
+        cells = [_cell(per.get(d), ci.get("domains", {}).get(d)) for d in domains] + \
+            [_cell(micro, ci.get("micro")), _cell(macro, ci.get("macro"))]
         if judged:
             agg = results[name].get(results[name].get("mode", "rule"), {})
             cells += [str(agg.get("valid", "-")), str(agg.get("failed", "-"))]
@@ -78,7 +172,7 @@ def controllability_table(results: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def plots(results: dict[str, dict], per_sample: dict[str, list[float]], out: Path) -> list[Path]:
+def plots(results: dict[str, dict], per_sample: dict[str, Scored], out: Path) -> list[Path]:
     """Per-domain bars, stage comparison and score distributions as PNGs under out/."""
     import matplotlib
     matplotlib.use("Agg")  # no display on servers and in CI
@@ -110,7 +204,8 @@ def plots(results: dict[str, dict], per_sample: dict[str, list[float]], out: Pat
     files.append(_save(fig, out / "stages.png"))
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    for name, vals in per_sample.items():
+    for name, scored in per_sample.items():
+        vals = [v for _, _, v in scored]
         if vals:
             ax.hist(vals, bins=20, range=(0, 100), alpha=0.5, label=name)
     ax.set_xlabel("per-sample score (0-100)")

@@ -297,6 +297,9 @@ class EvalConfig:
     batch_size: int = 16           # samples generated together
     max_new_tokens: int = 192      # longest prediction, in tokens
     temperature: float = 0.0       # sampling temperature; 0 = greedy
+    prompt_format: str = "auto"    # chat | document (the CPT document up to the observation) | auto: document for init and cpt
+    max_prompt_tokens: int = 0     # longest prompt; 0 = the length the stage trained at (data.seq_len, sft.max_length) less max_new_tokens
+    bootstrap: int = 1000          # resamples of the 95% confidence intervals (seeded by `seed`); 0 = none
     compare_stages: bool = False   # score untrained/cpt/sft/rl side by side (lwm run sets it)
     controllability_samples: int = 4  # per domain, asked again under each perturbation; 0 = off
     mode: str = "rule"             # rule | judge | turing | reference

@@ -112,6 +112,33 @@ def cpt_document(domain: Domain, traj: Trajectory) -> str:
     return "".join(text for text, _ in cpt_segments(domain, traj))
 
 
+# Where a CPT document's observation ends: the next turn's header (or the document's end).
+DOCUMENT_TURN = "\n\n### Turn "
+
+
+def document_prompt(domain: Domain, messages: list[dict]) -> str:
+    """Chat messages (system, earlier turns, current action) as the CPT document renders them
+    (cpt_segments), up to where the current turn's observation starts: what a model that has
+    only seen CPT documents is asked. With the whole history it is a prefix of the trajectory's
+    cpt_document; the system prompt takes CPT's variant when it is the domain's own prompt."""
+    system, body = (messages[0]["content"], messages[1:]) if messages[0]["role"] == "system" else ("", messages)
+    ask = domain.PROMPT_VARIANTS[RL_VARIANT].format(env=domain.description)
+    if system.startswith(ask):
+        system = domain.PROMPT_VARIANTS[CPT_VARIANT].format(env=domain.description) + system[len(ask):]
+    parts = [system]
+    for i in range(0, len(body) - 1, 2):
+        parts.append(f"\n\n{body[i]['content']}\n{body[i + 1]['content']}")
+    parts.append(f"\n\n{body[-1]['content']}\n{HISTORY_OBS}\n")
+    return "".join(parts)
+
+
+def document_observation(continuation: str) -> tuple[str, bool]:
+    """The observation a document continuation predicts (up to the next turn's header), and
+    whether the model ended it there, as its documents end an observation."""
+    head = continuation.find(DOCUMENT_TURN)
+    return (continuation, False) if head < 0 else (continuation[:head], True)
+
+
 def sample_id(trajectory_id: str, t: int) -> int:
     """The benchmark's integer id of turn t's sample: stable, below 2**60."""
     return int(hashlib.blake2b(f"{trajectory_id}-t{t}".encode(), digest_size=8).hexdigest()[:15], 16)

@@ -8,7 +8,9 @@ rl.use_vllm, transformers' generate otherwise. rl.algorithm picks TRL's settings
 grpo on-policy with a ratio per token, gspo TRL's GSPO recipe, a clipped ratio per sequence over
 4 optimizer steps per generation. TRL logs every reward component
 (rewards/<name>/mean), the rubric dimensions, judge failure rate, completion length, KL and
-clip ratios to wandb each logging step; the same per-step series go to rl/metrics.json.
+clip ratios to wandb each logging step, with the reward's spread within groups (reward_std,
+frac_reward_zero_std: groups that give no gradient) and the policy's change per step
+(PolicyChange); the same per-step series, and their means, go to rl/metrics.json.
 
 The backend is SFT's (lwm.train.trl.backend_args): hf (DDP under torchrun) or DeepSpeed ZeRO 0-3 with
 a config generated from ours (TRL gathers ZeRO-3 weights for generation); rank 0 writes the
@@ -25,6 +27,7 @@ from pathlib import Path
 import datasets
 import torch
 from omegaconf import DictConfig
+from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
 from lwm.models.hf import load_model
@@ -39,8 +42,11 @@ log = logging.getLogger("lwm.rl")
 GENERATION_BUFFER = "generation_buffer"  # a checkpoint's <this>_<rank>.pt: Trainer's generation block
 
 # Per-step series kept in metrics.json (TRL's log names; prefixes match every key under them).
-LOGGED = ("reward", "reward_std", "rewards/", "rubric/", "judge/", "guard/", "completions/mean_length",
-          "kl", "clip_ratio/", "entropy", "loss")
+LOGGED = ("reward", "reward_std", "frac_reward_zero_std", "rewards/", "rubric/", "judge/", "guard/",
+          "completions/mean_length", "kl", "policy_change", "clip_ratio/", "entropy", "loss")
+# The relative weight update of a step is measured on models up to this size (it keeps a copy of
+# the weights between the optimizer's step and the one before).
+POLICY_CHANGE_MAX_PARAMS = 2_000_000_000
 COUNTED = ("samples", "judged", "judge_failed", "guarded")
 
 # What rl.algorithm sets in TRL's GRPOConfig for each rl.* key left null (a value set there wins).
@@ -94,6 +100,31 @@ class Trainer(ExactResume, GRPOTrainer):
         device = self.accelerator.device  # "cpu:0" under DeepSpeed, which torch.load cannot map to
         state = torch.load(path, map_location="cpu" if device.type == "cpu" else device, weights_only=True)
         self._step, self._buffered_inputs = state["step"], state["buffered_inputs"]
+
+
+class PolicyChange(TrainerCallback):
+    """Logs each optimizer step's weight update relative to the weights, ||dW|| / ||W||, as
+    `policy_change` (TRL averages it over the steps of a logging interval). With rl.beta = 0 TRL
+    computes no KL: this is then what shows the policy moved. Weights sharded away from this rank
+    (ZeRO-3) are skipped; models above POLICY_CHANGE_MAX_PARAMS are not measured."""
+
+    def __init__(self, trainer):
+        self.trainer, self.before = trainer, None
+        params = [p for p in trainer.model.parameters() if p.requires_grad]
+        self.params = params if sum(p.numel() for p in params) <= POLICY_CHANGE_MAX_PARAMS else []
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.before = [p.detach().clone() for p in self.params]
+
+    def on_optimizer_step(self, args, state, control, **kwargs):
+        if not self.before:
+            return
+        with torch.no_grad():
+            delta = sum(float((p.detach().float() - b.float()).pow(2).sum()) for p, b in zip(self.params, self.before))
+            norm = sum(float(b.float().pow(2).sum()) for b in self.before)
+        self.before = None
+        if norm > 0:
+            self.trainer._metrics["train"]["policy_change"].append((delta / norm) ** 0.5)
 
 
 def rl_prompts(tok, shards: list[str], max_prompt_length: int) -> tuple[datasets.Dataset, dict]:
@@ -168,6 +199,17 @@ def step_series(log_history: list[dict]) -> list[dict]:
             for h in log_history if "reward" in h or "loss" in h]
 
 
+def signal(steps: list[dict]) -> dict:
+    """Whether the reward could move the policy: the mean spread of the reward within prompt
+    groups, the mean share of groups whose completions all scored alike (they give no
+    gradient), and the policy's change (KL when rl.beta > 0; the relative weight update always)."""
+    def avg(key):
+        vals = [s[key] for s in steps if s.get(key) is not None]
+        return sum(vals) / len(vals) if vals else None
+    return {"reward_std_mean": avg("reward_std"), "frac_reward_zero_std_mean": avg("frac_reward_zero_std"),
+            "kl_mean": avg("kl"), "policy_change_mean": avg("policy_change")}
+
+
 def all_ranks(counts: Counter, device) -> dict:
     """The reward counts (HybridReward.counts) of every rank summed: each rank scores only its
     own completions. A collective: every rank calls it; `device` is the one NCCL reduces on."""
@@ -209,6 +251,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tracker = Tracker(cfg, "rl", out) if rank == 0 else None
     args = GRPOConfig(**grpo_args(cfg, tcfg, out, reward_weights=weights, **generation_args(tcfg), **backend))
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tok, reward_funcs=funcs)
+    trainer.add_callback(PolicyChange(trainer))
     check_world(trainer, world, cfg.backend.name, "rl")
     resume = resume_arg(tcfg.resume, out / "checkpoints")
     # The reward counts live in memory: each checkpoint carries the run's totals so far, and a
@@ -232,7 +275,8 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         "guard_flagged": counts.get("guarded", 0), "scored_completions": counts.get("samples", 0),
         "reward_first": rewarded[0]["reward"] if rewarded else None,
         "reward_last": rewarded[-1]["reward"] if rewarded else None,
-        "reward_curve": [round(s["reward"], 4) for s in rewarded], "per_step": steps,
+        "reward_curve": [round(s["reward"], 4) for s in rewarded],
+        **signal(steps), "per_step": steps,
         **trained_with(trainer), "checkpoint": str(final)})
     mark_complete(final)
     return summary
