@@ -133,16 +133,20 @@ def _rng(seed: int, key: str) -> random.Random:
     return random.Random(f"{seed}:{key}")
 
 
+def encode_texts(tok, texts: list[str]) -> list[list[int]]:
+    """tok.encode(text, add_special_tokens=False) of each text, in one call to the Rust tokenizer
+    when there is one (the same ids, less overhead)."""
+    if getattr(tok, "is_fast", False):
+        return [e.ids for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
+    return [tok.encode(text, add_special_tokens=False) for text in texts]
+
+
 def cpt_tokens(tok, domain, traj: Trajectory, masked: bool) -> tuple[list[int], bytes, Counter]:
     """A trajectory's CPT token ids and loss mask (1 = predicted). Segments are tokenized
     apart (in one call) so every observation's tokens are known; with `masked`, each
     observation keeps the share of its tokens that its turn type earns."""
     segments = render.cpt_segments(domain, traj)
-    texts = [text for text, _ in segments]
-    if getattr(tok, "is_fast", False):  # the Rust tokenizer directly: same ids, less overhead
-        encoded = [e.ids for e in tok.backend_tokenizer.encode_batch_fast(texts, add_special_tokens=False)]
-    else:
-        encoded = [tok.encode(text, add_special_tokens=False) for text in texts]
+    encoded = encode_texts(tok, [text for text, _ in segments])
     kinds_of = turn_kinds(traj.initial_observation, traj.steps) if masked else None
     ids, mask, kinds = [], bytearray(), Counter()
     for (_, turn), seg in zip(segments, encoded):
@@ -312,10 +316,11 @@ class RenderShards(PipelineStep):
                                 "copy": copy, "prompt_variant": variant, "prompt": prompt,
                                 "completion": [answer]})
                     if _in_stats_sample(traj.id, t):  # templating every sample would dominate
-                        stats["prompt_tokens"].append(len(tok.apply_chat_template(
-                            prompt, tokenize=True, return_dict=False)))
-                        stats["target_tokens"].append(len(tok.encode(answer["content"],
-                                                                     add_special_tokens=False)))
+                        # apply_chat_template(tokenize=True) encodes its text without special tokens
+                        p_ids, t_ids = encode_texts(tok, [tok.apply_chat_template(prompt, tokenize=False),
+                                                          answer["content"]])
+                        stats["prompt_tokens"].append(len(p_ids))
+                        stats["target_tokens"].append(len(t_ids))
                 # RL takes one turn per trajectory (multi-turn expansion destabilised RL in the recipe).
                 t = rng.choice(turns)
                 prompt, _ = render.turn_messages(domain, traj, t, self.data.max_history)

@@ -122,6 +122,49 @@ def test_exact_and_near_duplicates_are_removed(tmp_path):
     assert len(kept) == len(real)  # different tasks are not near duplicates of each other
 
 
+# sha256 (first 16 hex) of datatrove 0.10.1's MinhashDedupSignature.get_signature, over its own
+# get_shingles, of each text (None: no 5-gram), computed with datatrove's code and written here.
+MINHASH_TEXTS = {
+    "terminal\nuser@sandbox:~$ ls -la\n  total 8\ndrwxr-xr-x 2 user user 4096 .\n": "31a70a2de3d88127",
+    "  h\u00e9llo\u00a0w\u00f6rld \U0001f389\tcaf\u00e9\r\nna\u00efve  r\u00e9sum\u00e9\u2003em space one two "
+    "three four five six": "9382e075a3cbce7a",
+    "one two three four": None, "one two three four five": "2afd56164d5e6d22", "": None, "   \n\t ": None,
+    "web\n[1] button 'Sign in' [2] link 'Help' [3] textbox 'Search' " * 20: "1f34f8189910f79b",
+    # separators str.split() splits on (\x1c-\x1f, NEL, line/paragraph separators), and one it does not
+    "a\x1cb\x1dc\x1ed\x1ff\x85g\u2028h\u2029i\x0bj\x0ck \u3000l\u200bm": "a635930334ffa971",
+}
+
+
+def test_minhash_signatures_are_datatroves():
+    """CurateSignatures' shingles and signatures equal datatrove's own, bit for bit, including
+    where a permuted hash lands on or past the Mersenne modulus (the fold's correction)."""
+    import hashlib
+
+    from datatrove.pipeline.dedup.minhash import MinhashDedupSignature
+
+    from data_pipeline.engine import MINHASH, CurateSignatures, WhitespaceWords
+    sig = CurateSignatures(output_folder="unused", config=MINHASH, language=WhitespaceWords())
+    for text, expected in MINHASH_TEXTS.items():
+        shingles = sig.get_shingles(text)
+        theirs = MinhashDedupSignature.get_shingles(sig, text)
+        assert shingles.dtype == theirs.dtype and shingles.shape == theirs.shape
+        assert (shingles == theirs).all()
+        if expected is None:
+            assert shingles.size == 0
+            continue
+        signature = sig.get_signature(shingles)
+        assert signature == MinhashDedupSignature.get_signature(sig, shingles)
+        assert hashlib.sha256(repr(signature).encode()).hexdigest()[:16] == expected
+    # shingles x with a*x + b = p + k (mod 2**64) for an odd a, and more beside them
+    a, b = (v[0].tolist() for v in sig.parameters)
+    p, j = (1 << 61) - 1, next(i for i, v in enumerate(a) if v % 2)
+    inverse = pow(a[j], -1, 1 << 64)
+    wrap = [((p + k - b[j]) * inverse) % (1 << 64) for k in (0, 1, 7, 2 ** 61, 2 ** 62)]
+    for extra in ([], [1, 2, 3], wrap):
+        shingles = np.array(wrap + extra, dtype=np.uint64).reshape((-1, 1))
+        assert sig.get_signature(shingles) == MinhashDedupSignature.get_signature(sig, shingles)
+
+
 def test_decontamination_by_id_and_ngrams(tmp_path):
     from lwm import render
     from lwm.domains import get_domain

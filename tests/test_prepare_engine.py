@@ -201,3 +201,24 @@ def test_plain_record_is_the_json_round_trip_of_a_trajectory():
         traj = Trajectory.from_dict(json.loads(line))
         want = json.loads(traj.to_json())
         assert plain_record(traj) == want and list(plain_record(traj)) == list(want)
+
+
+def test_indented_json_is_json_dumps_with_indent():
+    """render_action's indented_json writes what json.dumps(indent=2, ensure_ascii=False) writes
+    for any value json.loads gives: nesting, empty containers, non-ASCII, escapes, NaN and
+    infinities, big and negative numbers; and every action of the test trajectories."""
+    import json
+
+    from lwm.domains.base import indented_json
+    from lwm.schema import load_trajectories
+    texts = ['[{"keystrokes": "ls -la\\n", "duration": 0.5}]', "[]", "{}", "[[], {}, [[{}]]]",
+             '{"a": {"b": [1, -2.5, 1e100, -0.0, 12345678901234567890123]}, "": null}',
+             '{"k": [true, false, NaN, Infinity, -Infinity], "s": "caf\\u00e9 \\u2028 \\ud800 \\u0000 \\"q\\" \\\\"}',
+             '"just a string"', "3", "null"]
+    texts += [s.action for t in load_trajectories(TRAJECTORIES) for s in t.steps]
+    for text in texts:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            continue
+        assert indented_json(value) == json.dumps(value, ensure_ascii=False, indent=2), text

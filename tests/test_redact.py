@@ -3,13 +3,14 @@ collected turns (bench/bench_redact.py is the measurement; these assert its goal
 forms the benchmark's averages could hide. Token-shaped literals are split across string
 literals so that secret scanners do not flag this file."""
 
+import random
 from collections import Counter
 
 import pytest
 
 from bench.bench_redact import (CLEAN_FIXTURES, FP_GOAL, RECALL_GOAL, clean_turns, measure_clean,
                                 measure_recall, planted)
-from data_pipeline.curate.redact import redact_text
+from data_pipeline.curate.redact import redact_text, redact_texts
 
 PLANTED = planted(seed=0)
 
@@ -101,3 +102,19 @@ def test_counts_name_the_kind():
     counts = Counter()
     redact_text("AKIAIOSFODNN7EXAMPLE and sk_live_" + "Zq4" * 8 + " at bob@mailbox.org", counts)
     assert counts == {"aws_access_key_id": 1, "stripe": 1, "email": 1}
+
+
+def test_a_trajectory_is_redacted_as_each_of_its_texts():
+    """redact_texts tests needles once over all texts: the same texts and counts as redact_text
+    on each, on texts mixing every planted kind, clean turns, texts that are all placeholders,
+    and secrets whose needles sit in another text than the one matched."""
+    texts = [it["text"] for it in PLANTED] + [t for _, t in clean_turns(CLEAN_FIXTURES[:2])][:400]
+    texts += ["AKIAIOSFODNN7EXAMPLE", "aws", "<API_KEY> <SECRET> <PASSWORD> <TOKEN> api_key=<SECRET>",
+              "x" * 15 + " " + "y" * 16, "bearer", "sig=", "caf\u00e9 \ud800 bob@mailbox.org",
+              "a:b:c:d", "e:f:g:h", "", "415 555", "-2671", "\n"]
+    rng = random.Random(0)
+    for _ in range(300):
+        group = rng.sample(texts, rng.randrange(1, 12))
+        each, joined = Counter(), Counter()
+        assert redact_texts(group, joined) == [redact_text(t, each) for t in group]
+        assert joined == each

@@ -38,9 +38,10 @@ address, public IP and phone number is redacted: it may identify a person.
 
 Speed: prepare redacts every turn of millions of trajectories, so a rule runs only where a cheap
 test passes: a literal it needs is in the text, or a keyword in the lower-cased text, and the
-provider tokens only near runs of 16 token characters (every token has one). Patterns start
-with a literal where they can: Python's regex engine scans for a literal fast and for an
-alternation slowly.
+provider tokens only near runs of 16 token characters (every token has one). A trajectory's
+texts take those tests together first (redact_texts): a rule none of them can need is not
+tested on each. Patterns start with a literal where they can: Python's regex engine scans for
+a literal fast and for an alternation slowly.
 """
 
 from __future__ import annotations
@@ -426,28 +427,65 @@ def _apply(rule: _Rule, text: str, lowered: bytes, counts: Counter | None) -> st
     return "".join(out) + text[last:] if out else text
 
 
-def redact_text(text: str, counts: Counter | None = None) -> str:
+def _may_run(rule: _Rule, text: str, lowered: bytes) -> bool:
+    """The cheap test of whether a rule can match: a needle in the text (or in the lower-cased
+    text), and the rule's gate."""
+    if rule.needles and not (any(n in lowered for n in rule.bytes_needles) if rule.lower
+                             else any(n in text for n in rule.needles)):
+        return False
+    return rule.gate is None or bool(rule.gate(text))
+
+
+_TOKEN_NEEDLES = sorted({n for r in _TOKEN_RULES for n in r.needles})
+_NEEDLES = sorted({n for r in _RULES if r is not _TOKEN_RULES and not r.lower for n in r.needles})
+_LOWER_NEEDLES = sorted({n for r in _RULES if r is not _TOKEN_RULES and r.lower for n in r.bytes_needles})
+
+
+def _rules_for(text: str) -> list[_Rule | tuple[_Rule, ...]]:
+    """The rules whose cheap test (_may_run) passes on `text`, in order, each distinct needle
+    looked for once; the provider tokens when `text` has a run of 16 token characters (else
+    redact_text finds no window to look in). On texts joined by newlines it is a superset of
+    what passes on each of them, at any point of its redaction: no needle, gate or run spans a
+    newline, and a placeholder (bracketed by `<>`) makes none pass where none did. A
+    lower-cased placeholder can hold a keyword of an anchored rule (`<api_key>`), but the rule
+    never matches there (a `>` ends the name)."""
+    ascii_text = text.encode("ascii", "replace")
+    lowered = ascii_text.lower()
+    found = {n for n in _NEEDLES if n in text}
+    found.update(n for n in _LOWER_NEEDLES if n in lowered)
+    rules: list[_Rule | tuple[_Rule, ...]] = []
+    for rule in _RULES:
+        if rule is _TOKEN_RULES:
+            if _RUN16 in ascii_text.translate(_RUN_TABLE):
+                rules.append(rule)
+        elif (not rule.needles or not found.isdisjoint(rule.bytes_needles if rule.lower else rule.needles)) \
+                and (rule.gate is None or rule.gate(text)):
+            rules.append(rule)
+    return rules
+
+
+def redact_text(text: str, counts: Counter | None = None,
+                rules: list[_Rule | tuple[_Rule, ...]] = _RULES) -> str:
+    """`text` with every secret and personal datum a placeholder; `rules` may leave out rules
+    whose cheap test fails on it (_rules_for)."""
     # One byte per character (non-ASCII as `?`), so offsets agree with the text's: lower-casing
     # bytes is fast, and it never changes the length as str.lower() can. Needles may look at an
     # older text (placeholders add none that matter); anchors need the current one.
     original = source = text
     ascii_text = text.encode("ascii", "replace")
     lowered = ascii_text.lower()
-    for rule in _RULES:
-        if rule is _TOKEN_RULES:
+    for rule in rules:
+        if isinstance(rule, tuple):  # the provider tokens
             if text is not original:
                 ascii_text = text.encode("ascii", "replace")
             windows = _token_windows(text, ascii_text)
-            for token in _TOKEN_RULES if windows else ():
-                found = any(n in windows for n in token.needles) if token.needles else \
-                    token.pattern.search(windows)
-                if found:
-                    text = _apply(token, text, lowered, counts)
+            if windows:
+                found = {n for n in _TOKEN_NEEDLES if n in windows}
+                for token in rule:
+                    if not found.isdisjoint(token.needles) if token.needles else token.pattern.search(windows):
+                        text = _apply(token, text, lowered, counts)
             continue
-        if rule.needles and not (any(n in lowered for n in rule.bytes_needles) if rule.lower
-                                 else any(n in text for n in rule.needles)):
-            continue
-        if rule.gate is not None and not rule.gate(text):
+        if not _may_run(rule, text, lowered):
             continue
         if rule.anchors and source is not text:
             source, lowered = text, text.encode("ascii", "replace").lower()
@@ -455,8 +493,18 @@ def redact_text(text: str, counts: Counter | None = None) -> str:
     return text
 
 
+def redact_texts(texts: list[str], counts: Counter | None = None) -> list[str]:
+    """redact_text of each text, testing the rules' needles once over all of them: a rule whose
+    needles none of them holds is not tried on each."""
+    rules = _rules_for("\n".join(texts))
+    if not rules:
+        return list(texts)
+    return [redact_text(text, counts, rules) for text in texts]
+
+
 def redact_trajectory(traj: Trajectory, counts: Counter | None = None) -> Trajectory:
     """A copy with every free-text field redacted (tool definitions are schema, left as is)."""
-    r = lambda s: redact_text(s, counts)  # noqa: E731
-    return replace(traj, task=r(traj.task), initial_observation=r(traj.initial_observation),
-                   steps=[Step(r(s.action), r(s.observation)) for s in traj.steps])
+    texts = redact_texts([traj.task, traj.initial_observation]
+                         + [text for s in traj.steps for text in (s.action, s.observation)], counts)
+    return replace(traj, task=texts[0], initial_observation=texts[1],
+                   steps=[Step(texts[i], texts[i + 1]) for i in range(2, len(texts), 2)])

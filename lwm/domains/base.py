@@ -29,6 +29,23 @@ ERROR = re.compile(r"(?i)(\berror\b|exception|traceback|invalid|not found|no suc
                    r"\b[45]\d\d\b)")
 
 
+_ENCODE = json.JSONEncoder(ensure_ascii=False).encode  # a scalar (or [], {}) by the C encoder
+
+
+def indented_json(value, pad: str = "") -> str:
+    """json.dumps(value, ensure_ascii=False, indent=2) of a value json.loads returned (string
+    keys), the same text: `indent` makes json encode in pure Python, slowly, so containers are
+    laid out here as it lays them out, and each scalar is encoded as it encodes them. `pad`: the
+    indentation of the line the value is on."""
+    inner = pad + "  "
+    if isinstance(value, list) and value:
+        return f"[\n{inner}" + f",\n{inner}".join([indented_json(v, inner) for v in value]) + f"\n{pad}]"
+    if isinstance(value, dict) and value:
+        return f"{{\n{inner}" + f",\n{inner}".join(
+            [f"{_ENCODE(k)}: {indented_json(v, inner)}" for k, v in value.items()]) + f"\n{pad}}}"
+    return _ENCODE(value)
+
+
 class ActionError(ValueError):
     """An action that is not well formed in its domain's grammar (the environment cannot run it)."""
 
@@ -217,7 +234,7 @@ class Domain:
         if self.action_language != "json":
             return action
         try:
-            return json.dumps(json.loads(action), ensure_ascii=False, indent=2)
+            return indented_json(json.loads(action))
         except (json.JSONDecodeError, TypeError):
             return json.dumps(action, ensure_ascii=False)
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 import re
 
-from lwm.domains.base import ActionError, Domain, Verdict, extract_observation, similarity
+from lwm.domains.base import (ActionError, Domain, Verdict, extract_observation, indented_json,
+                              similarity)
 
 # The shell prompt the collector's bash prints (PS1 'user@sandbox:\w$ ', trailing blanks cut
 # from the screen): user@host:cwd$ or, for root, #.
@@ -56,7 +57,7 @@ class TerminalDomain(Domain):
 
     def render_action(self, action: str) -> str:
         try:
-            return json.dumps(json.loads(action), ensure_ascii=False, indent=2)
+            return indented_json(json.loads(action))
         except json.JSONDecodeError:
             return json.dumps([{"keystrokes": action, "duration": 1.0}], indent=2)
 
