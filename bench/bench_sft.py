@@ -66,19 +66,38 @@ def save_init(cfg, tok, folder: Path) -> None:
     tok.save_pretrained(folder)
 
 
-def bare(cfg, rows, init: Path) -> dict:
-    """Steady-state tokens/s of the per-sample loop over the packed rows' samples."""
+def bare(cfg, tcfg, batches, init: Path, router_loss: bool) -> dict:
+    """Steady-state tokens/s of the per-sample loop: each batch is a list of (input ids, labels)
+    sequences, each run on its own (no padding, no mask), its loss weighted by its share of the
+    batch's trained tokens; clipping and the optimizer step once per batch. router_loss: the MoE
+    balancing loss, which SFT trains with and GRPO does not."""
     import torch
 
     from lwm.models.hf import load_model
-    t = cfg.sft
     model = load_model(init, cfg.model, cfg.backend.dtype)
-    model.config.output_router_logits = True  # the MoE balancing loss, as lwm sft trains it
+    model.config.output_router_logits = router_loss
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps,
-                            weight_decay=t.weight_decay)
-    per_step = t.batch_size * t.grad_accum
+    opt = torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tuple(tcfg.adam_betas), eps=tcfg.adam_eps,
+                            weight_decay=tcfg.weight_decay)
     marks = []
+    for samples in batches:
+        samples = [(torch.as_tensor(ids)[None], torch.as_tensor(labels)[None]) for ids, labels in samples]
+        trained = sum(int((labels[:, 1:] != -100).sum()) for _, labels in samples)
+        for ids, labels in samples:
+            count = int((labels[:, 1:] != -100).sum())
+            if count:
+                loss = model(input_ids=ids, labels=labels, use_cache=False).loss
+                (loss * count / trained).backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.max_grad_norm)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        marks.append((time.perf_counter(), sum(ids.shape[1] for ids, _ in samples)))
+    return rate(marks)
+
+
+def sft_batches(cfg, rows):
+    """The packed rows' samples, grouped into SFT's optimizer steps."""
+    per_step = cfg.sft.batch_size * cfg.sft.grad_accum
     for first in range(0, len(rows), per_step):
         samples = []
         for row in rows.select(range(first, min(first + per_step, len(rows)))):
@@ -86,19 +105,23 @@ def bare(cfg, rows, init: Path) -> dict:
             for n in row["seq_lengths"]:
                 samples.append((row["input_ids"][start:start + n], row["labels"][start:start + n]))
                 start += n
-        trained = sum(sum(l != -100 for l in labels[1:]) for _, labels in samples)
-        for ids, labels in samples:
-            ids, labels = torch.tensor([ids]), torch.tensor([labels])
-            count = int((labels[:, 1:] != -100).sum())
-            if count == 0:
-                continue
-            loss = model(input_ids=ids, labels=labels, use_cache=False).loss
-            (loss * count / trained).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        marks.append((time.perf_counter(), sum(len(ids) for ids, _ in samples)))
-    return rate(marks)
+        yield samples
+
+
+def rl_batches(rollouts: list):
+    """GRPO's rollouts as sequences: prompt and completion without padding, the loss on the
+    completion's tokens."""
+    import torch
+    for b in rollouts:
+        samples = []
+        for i in range(len(b["prompt_ids"])):
+            prompt = b["prompt_ids"][i][b["prompt_mask"][i].bool()]
+            completion = b["completion_ids"][i][b["completion_mask"][i].bool()]
+            ids = torch.cat([prompt, completion])
+            labels = ids.clone()
+            labels[:len(prompt)] = -100
+            samples.append((ids, labels))
+        yield samples
 
 
 def rate(marks: list[tuple[float, int]]) -> dict:
@@ -163,38 +186,6 @@ def grpo(run: Path, init: Path, steps: int, overrides: list[str], work: Path, la
             "attn_implementation": metrics.get("attn_implementation")}, rollouts
 
 
-def bare_rl(cfg, rollouts: list, init: Path) -> dict:
-    """The same rollouts, one sequence at a time (prompt and completion, no padding): forward,
-    the loss on the completion's tokens, backward; clipping and the optimizer step per batch."""
-    import torch
-
-    from lwm.models.hf import load_model
-    t = cfg.rl
-    model = load_model(init, cfg.model, cfg.backend.dtype)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, betas=tuple(t.adam_betas), eps=t.adam_eps)
-    spent, tokens = 0.0, 0
-    for k, b in enumerate(rollouts):
-        start = time.perf_counter()
-        trained = int(b["completion_mask"].sum())
-        for i in range(len(b["prompt_ids"])):
-            prompt = b["prompt_ids"][i][b["prompt_mask"][i].bool()]
-            completion = b["completion_ids"][i][b["completion_mask"][i].bool()]
-            ids = torch.cat([prompt, completion])[None]
-            labels = ids.clone()
-            labels[:, :len(prompt)] = -100
-            if len(completion):
-                loss = model(input_ids=ids, labels=labels, use_cache=False).loss
-                (loss * len(completion) / trained).backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), t.max_grad_norm)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if k:  # the first batch warms up, as on the other side
-            spent += time.perf_counter() - start
-            tokens += int(b["prompt_mask"].sum() + b["completion_mask"].sum())
-    return {"tokens_per_s": round(tokens / spent, 1), "timed_steps": len(rollouts) - 1}
-
-
 def table(best: dict, repeats: int, cfg) -> None:
     base = best["bare per-sample loop"]["tokens_per_s"]
     print(f"\n| side | tokens/s (best of {repeats}) | x bare loop | attention | checkpointing |")
@@ -223,7 +214,7 @@ def main_rl(args) -> None:
                 results[name].append(got)
                 print(f"  repeat {r + 1}: {name}: {got['tokens_per_s']} tokens/s", flush=True)
                 if i == 0:
-                    got = bare_rl(cfg, rollouts, work / "init")
+                    got = bare(cfg, cfg.rl, rl_batches(rollouts), work / "init", router_loss=False)
                     results["bare per-sample loop"].append(got)
                     print(f"  repeat {r + 1}: bare per-sample loop, same rollouts: {got['tokens_per_s']} tokens/s",
                           flush=True)
@@ -261,8 +252,8 @@ def main() -> None:
         save_init(cfg, tok, work / "init")
         for r in range(args.repeats):
             for i, (name, overrides) in enumerate(sides.items()):
-                got = (bare(cfg, rows, work / "init") if overrides is None
-                       else lwm_sft(args.run, work / "init", steps, overrides, work, f"side{i}_r{r}"))
+                got = (bare(cfg, cfg.sft, sft_batches(cfg, rows), work / "init", router_loss=True)
+                       if overrides is None else lwm_sft(args.run, work / "init", steps, overrides, work, f"side{i}_r{r}"))
                 results[name].append(got)
                 print(f"  repeat {r + 1}: {name}: {got['tokens_per_s']} tokens/s", flush=True)
     best = {name: max(rs, key=lambda g: g["tokens_per_s"] or 0) for name, rs in results.items()}

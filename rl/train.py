@@ -35,7 +35,7 @@ from lwm.tokenizer import encode_prompt, load_tokenizer
 from lwm.tracking import RunPaths, Tracker
 from lwm.train import dist, loop
 from lwm.train.trl import (ExactResume, backend_args, carried, check_world, gradient_checkpointing, mark_complete,
-                           resume_arg, save_final, trained_with, trainer_args)
+                           resume_arg, save_final, trained_with, trainer_args, uses_checkpointing)
 from rl.rewards import HybridReward
 
 log = logging.getLogger("lwm.rl")
@@ -239,7 +239,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     rank, world = dist.init()  # torchrun's or a submitit task's group; none for one process
     backend = backend_args(cfg, tcfg, world, "rl")  # fails on an unsupported backend before any work
     algorithm_args(tcfg)  # fails on an unknown or no-op algorithm setting before any work
-    gradient_checkpointing(cfg, tcfg, "rl")
+    checkpointing = gradient_checkpointing(cfg, tcfg, "rl")
     reward = HybridReward(tcfg)
     funcs, weights = reward.funcs()
     init = Path(tcfg.init) if tcfg.init else paths.model("sft")
@@ -247,7 +247,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tok.padding_side = "left"
     model = load_model(init, cfg.model, cfg.backend.dtype)
     dataset, stats = rl_prompts(tok, paths.shards("rl"), tcfg.max_prompt_length)
-    backend["gradient_checkpointing"] = gradient_checkpointing(cfg, tcfg, "rl", model)
+    backend["gradient_checkpointing"] = uses_checkpointing(checkpointing, cfg, model)
     tracker = Tracker(cfg, "rl", out) if rank == 0 else None
     args = GRPOConfig(**grpo_args(cfg, tcfg, out, reward_weights=weights, **generation_args(tcfg), **backend))
     trainer = Trainer(model=model, args=args, train_dataset=dataset, processing_class=tok, reward_funcs=funcs)

@@ -30,7 +30,8 @@ from lwm.tracking import RunPaths, Tracker
 from lwm.train import dist, loop
 from lwm.train.data import RowBatches
 from lwm.train.trl import (ExactResume, StepTimer, backend_args, check_world, gradient_checkpointing,
-                           mark_complete, resume_arg, save_final, trained_with, trainer_args)
+                           mark_complete, resume_arg, save_final, trained_with, trainer_args,
+                           uses_checkpointing)
 from sft.teacher import on_rank0, reasoning_targets
 
 log = logging.getLogger("lwm.sft")
@@ -116,7 +117,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     (final / "complete").unlink(missing_ok=True)  # until this run's final/ and metrics.json are written
     rank, world = dist.init(always=cfg.backend.name == "megatron")  # torchrun's or a submitit task's group
     backend = {} if cfg.backend.name == "megatron" else backend_args(cfg, tcfg, world, "sft")
-    gradient_checkpointing(cfg, tcfg, "sft")  # a wrong value fails before any work
+    checkpointing = gradient_checkpointing(cfg, tcfg, "sft")  # a wrong value fails before any work
     init = Path(tcfg.init) if tcfg.init else paths.model("cpt")
     tok = load_tokenizer(init)
     records = datasets.Dataset.from_parquet(paths.shards("sft"))
@@ -135,7 +136,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     # The MoE load-balancing loss is added during training only.
     model.config.output_router_logits = True
     tracker = Tracker(cfg, "sft", out) if rank == 0 else None
-    checkpointing = gradient_checkpointing(cfg, tcfg, "sft", model)
+    checkpointing = uses_checkpointing(checkpointing, cfg, model)
     # Packing is padding-free (position ids restart per sample), so neither attention nor the
     # loss crosses sample boundaries; tests/test_sft_packing.py checks the loss is unchanged.
     args = SFTConfig(**trainer_args(cfg, tcfg, out, max_length=tcfg.max_length,

@@ -134,12 +134,15 @@ def test_gradient_checkpointing_follows_the_model_size(tmp_path, monkeypatch):
     from lwm.train import trl
     cfg = make_cfg(tmp_path)
     model = _packed_model(tmp_path, "sdpa_packed")
-    assert trl.gradient_checkpointing(cfg, cfg.sft, "sft", model) is False  # tiny: activations are cheap
+    def resolved():
+        return trl.uses_checkpointing(trl.gradient_checkpointing(cfg, cfg.sft, "sft"), cfg, model)
+    assert trl.gradient_checkpointing(cfg, cfg.sft, "sft") is None  # auto: decided with the model
+    assert resolved() is False  # tiny: activations are cheap
     monkeypatch.setattr(trl, "CHECKPOINTING_FROM", sum(p.numel() for p in model.parameters()))
-    assert trl.gradient_checkpointing(cfg, cfg.sft, "sft", model) is True
+    assert resolved() is True
     for value, want in (("false", False), ("true", True), (True, True)):
         cfg.sft.gradient_checkpointing = value
-        assert trl.gradient_checkpointing(cfg, cfg.sft, "sft", model) is want
+        assert resolved() is want
     cfg.sft.gradient_checkpointing = "sometimes"
     with pytest.raises(ValueError, match="sft.gradient_checkpointing = 'sometimes'"):
         trl.gradient_checkpointing(cfg, cfg.sft, "sft")

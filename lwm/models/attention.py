@@ -34,32 +34,44 @@ def _mask(*, attention_mask=None, **kwargs):
     return sdpa_mask(attention_mask=attention_mask, **kwargs)
 
 
+_last: list = [None, -1, None]  # (tensor, its version, rows): every layer of a forward gets the same tensor
+
+
 def _boundaries(query: torch.Tensor, key: torch.Tensor, kwargs: dict) -> list[list[int]] | None:
     """Per batch row, the start offsets of its samples followed by the row length; None when no
-    row holds more than one sample."""
+    row holds more than one sample. Read from the device once per forward, not once per layer."""
     length = query.shape[2]
     if key.shape[2] != length:
         return None  # queries against a longer cache: not a packed training row
-    cu = kwargs.get("cu_seq_lens_q")
-    if cu is not None and query.shape[0] == 1:
-        rows = [[int(x) for x in cu.tolist()]]
+    cu = kwargs.get("cu_seq_lens_q") if query.shape[0] == 1 else None
+    source = cu if cu is not None else kwargs.get("position_ids")
+    if source is None:
+        return None
+    if source is _last[0] and source._version == _last[1]:
+        rows = _last[2]
     else:
-        positions = kwargs.get("position_ids")
-        if positions is None or positions.shape[-1] != length:
+        rows = _read_boundaries(source, cu is not None, query.shape[0], length)
+        _last[:] = [source, source._version, rows]
+    if rows is not None and any(row[-1] != length or row[0] != 0 for row in rows):
+        raise ValueError(f"{NAME}: sample boundaries {rows} do not cover the packed row of {length} tokens")
+    return rows
+
+
+def _read_boundaries(source: torch.Tensor, cumulative: bool, batch: int, length: int) -> list[list[int]] | None:
+    if cumulative:
+        rows = [[int(x) for x in source.tolist()]]
+    else:
+        if source.shape[-1] != length:
             return None
-        positions = positions.reshape(-1, length).expand(query.shape[0], -1)
+        positions = source.reshape(-1, length).expand(batch, -1)
         starts = (positions[:, 1:] != positions[:, :-1] + 1).nonzero().tolist()
         if not starts:
             return None
-        rows = [[0] for _ in range(query.shape[0])]
+        rows = [[0] for _ in range(batch)]
         for r, i in starts:
             rows[r].append(i + 1)
         rows = [row + [length] for row in rows]
-    if all(len(row) <= 2 for row in rows):
-        return None
-    if any(row[-1] != length or row[0] != 0 for row in rows):
-        raise ValueError(f"{NAME}: sample boundaries {rows} do not cover the packed row of {length} tokens")
-    return rows
+    return None if all(len(row) <= 2 for row in rows) else rows
 
 
 def attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):

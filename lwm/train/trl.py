@@ -77,24 +77,29 @@ def backend_args(cfg, tcfg, world: int, stage: str) -> dict:
 CHECKPOINTING_FROM = 1_000_000_000  # parameters from which auto recomputes activations
 
 
-def gradient_checkpointing(cfg, tcfg, stage: str, model=None) -> bool:
-    """<stage>.gradient_checkpointing resolved: true/false as set; auto recomputes activations in
-    the backward pass (less activation memory for about a third more compute) from
-    CHECKPOINTING_FROM parameters, where activations rather than weights bound the batch, and
-    whenever backend.deepspeed.activation_checkpointing asks for it. Without a model, only
-    checks the value (the stage calls it before loading anything)."""
+def gradient_checkpointing(cfg, tcfg, stage: str) -> bool | None:
+    """<stage>.gradient_checkpointing checked against the backend before any work: True or False
+    as set, None for auto (`uses_checkpointing` decides once the model is loaded)."""
     value = str(tcfg.gradient_checkpointing).lower()
     if value not in ("auto", "true", "false"):
         raise ValueError(f"{stage}.gradient_checkpointing = {tcfg.gradient_checkpointing!r}: expected auto, true or false")
     if value != "auto" and cfg.backend.name == "megatron":
         raise ValueError(f"{stage}.gradient_checkpointing={value} applies to backend=hf and deepspeed; Megatron "
                          "recomputes activations with backend.megatron.recompute_granularity")
-    deepspeed = cfg.backend.name == "deepspeed" and cfg.backend.deepspeed.activation_checkpointing
-    if value == "false" and deepspeed:
+    if value == "false" and cfg.backend.name == "deepspeed" and cfg.backend.deepspeed.activation_checkpointing:
         raise ValueError(f"{stage}.gradient_checkpointing=false contradicts backend.deepspeed.activation_checkpointing="
                          "true: set one of them the other way")
-    if value != "auto" or model is None:
-        return value == "true"
+    return None if value == "auto" else value == "true"
+
+
+def uses_checkpointing(choice: bool | None, cfg, model) -> bool:
+    """The checked choice resolved for this model: auto recomputes activations in the backward
+    pass (less activation memory for about a third more compute) from CHECKPOINTING_FROM
+    parameters, where activations rather than weights bound the batch, and whenever
+    backend.deepspeed.activation_checkpointing asks for it."""
+    if choice is not None:
+        return choice
+    deepspeed = cfg.backend.name == "deepspeed" and cfg.backend.deepspeed.activation_checkpointing
     return bool(deepspeed) or sum(p.numel() for p in model.parameters()) >= CHECKPOINTING_FROM
 
 
