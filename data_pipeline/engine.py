@@ -163,16 +163,7 @@ class ReadAndCurate(PipelineStep):
             counts["filtered"][reason] += 1
             return None
         return Document(text=content_text(traj), id=traj.id,
-                        metadata={"record": plain_record(traj), "sample": sample})
-
-
-def plain_record(traj: Trajectory) -> dict:
-    """The trajectory as the dict json.loads(traj.to_json()) gives (its fields in order, steps as
-    dicts), without a JSON round trip: its tools and meta came from parsed JSON already."""
-    return {"id": traj.id, "domain": traj.domain, "source": traj.source,
-            "steps": [{"action": s.action, "observation": s.observation} for s in traj.steps],
-            "task": traj.task, "tools": traj.tools, "initial_observation": traj.initial_observation,
-            "meta": traj.meta, "schema_version": traj.schema_version}
+                        metadata={"record": traj.to_dict(), "sample": sample})
 
 
 ID_BUCKETS = 16  # duplicate ids are found per bucket of ids: no task holds every id of the corpus

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -59,8 +59,15 @@ class Trajectory:
     meta: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
+    def to_dict(self) -> dict[str, Any]:
+        """The record as a plain dict, fields in order, steps as dicts: what dataclasses.asdict
+        gives, without its deep copy of tools and meta (they came from parsed JSON already)."""
+        rec = {f.name: getattr(self, f.name) for f in fields(self)}
+        rec["steps"] = [{"action": s.action, "observation": s.observation} for s in self.steps]
+        return rec
+
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False)
+        return json.dumps(self.to_dict(), ensure_ascii=False)
 
     @classmethod
     def from_dict(cls, rec: Any, source: str = "", record: int | str = "") -> "Trajectory":

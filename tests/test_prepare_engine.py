@@ -190,17 +190,18 @@ def test_shard_packer_writes_what_megatrons_builder_writes(tmp_path):
     assert got == {"sequences": len(flat) // 16, "tokens": len(flat), "real_tokens": len(flat) - pad}
 
 
-def test_plain_record_is_the_json_round_trip_of_a_trajectory():
-    """Curate keeps each record as a plain dict built field by field: it must stay what a JSON
-    round trip of the trajectory gives (fields in order), or train.jsonl would change."""
+def test_record_dict_is_what_asdict_gives():
+    """Curate keeps each record as Trajectory.to_dict() (no deep copy): it must stay what
+    dataclasses.asdict gives, fields in order, or train.jsonl would change."""
     import json
+    from dataclasses import asdict
 
-    from data_pipeline.engine import plain_record
     from lwm.schema import Trajectory
     for line in Path(TRAJECTORIES).read_text().splitlines()[:20]:
         traj = Trajectory.from_dict(json.loads(line))
-        want = json.loads(traj.to_json())
-        assert plain_record(traj) == want and list(plain_record(traj)) == list(want)
+        want = asdict(traj)
+        assert traj.to_dict() == want and list(traj.to_dict()) == list(want)
+        assert traj.to_json() == json.dumps(want, ensure_ascii=False)
 
 
 def test_indented_json_is_json_dumps_with_indent():
