@@ -285,6 +285,14 @@ def rl_note(paths: RunPaths) -> str:
     for st in m.get("per_step", []):
         lines.append(f"| {st['step']} | " + " | ".join("-" if st.get(k) is None else f"{st[k]:.4g}" for k in cols)
                      + " |")
+    held, kept = m.get("held_out"), m.get("kept", "rl")
+    check = ""
+    if held:
+        check = (f"\nHeld-out RL prompts ({held['init']['prompts']}, greedy, the stage's reward): "
+                 f"{held['init']['macro']:.4f} before RL, {held['final']['macro']:.4f} after; rl's model is "
+                 + ("RL's final weights.\n" if kept == "rl" else
+                    "its starting weights (rl.keep_best: RL did not score higher there).\n"))
     return ("## RL: learning signal per logged step\n\n" + "\n".join(lines) + "\n\n"
             "frac_reward_zero_std: share of prompt groups whose completions all earned the same reward "
-            "(no gradient from them); policy_change: the step's weight update norm over the weight norm.\n")
+            "(no gradient from them); policy_change: the step's weight update norm over the weight norm.\n"
+            + check)

@@ -286,6 +286,10 @@ class RlConfig(TrainConfig):
     vllm_mode: str = "colocate"    # colocate | server
     vllm_server_base_url: str = "" # server mode: a `trl vllm-serve` URL
     vllm_gpu_memory_utilization: float = 0.3  # colocate mode: share of GPU memory vLLM takes
+    # Held-out check (rl/validation.py): prompts kept out of training, answered greedily and scored
+    # with this stage's reward before the first step and after the last (rl/metrics.json `held_out`).
+    validation_prompts: int = 0    # 0 = no check
+    keep_best: bool = False        # keep the starting weights when the final ones do not score higher there
 
 
 @dataclass

@@ -11,6 +11,8 @@ grpo on-policy with a ratio per token, gspo TRL's GSPO recipe, a clipped ratio p
 clip ratios to wandb each logging step, with the reward's spread within groups (reward_std,
 frac_reward_zero_std: groups that give no gradient) and the policy's change per step
 (PolicyChange); the same per-step series, and their means, go to rl/metrics.json.
+With rl.validation_prompts, prompts kept out of training are scored before and after
+(rl/validation.py); rl.keep_best then keeps the starting weights unless RL's score higher there.
 
 The backend is SFT's (lwm.train.trl.backend_args): hf (DDP under torchrun) or DeepSpeed ZeRO 0-3 with
 a config generated from ours (TRL gathers ZeRO-3 weights for generation); rank 0 writes the
@@ -36,6 +38,7 @@ from lwm.tracking import RunPaths, Tracker
 from lwm.train import dist, loop
 from lwm.train.trl import (ExactResume, backend_args, carried, check_world, gradient_checkpointing, mark_complete,
                            resume_arg, save_final, trained_with, trainer_args, uses_checkpointing)
+from rl import validation
 from rl.rewards import HybridReward
 
 log = logging.getLogger("lwm.rl")
@@ -247,6 +250,11 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     tok.padding_side = "left"
     model = load_model(init, cfg.model, cfg.backend.dtype)
     dataset, stats = rl_prompts(tok, paths.shards("rl"), tcfg.max_prompt_length)
+    dataset, val = validation.split(dataset, tcfg.validation_prompts, cfg.seed)
+    if tcfg.keep_best and val is None:
+        raise ValueError("rl.keep_best compares the final weights with the starting ones on held-out "
+                         "prompts: set rl.validation_prompts > 0, or rl.keep_best=false")
+    stats["validation_prompts"] = 0 if val is None else len(val)  # of stats["prompts"], not trained on
     backend["gradient_checkpointing"] = uses_checkpointing(checkpointing, cfg, model)
     tracker = Tracker(cfg, "rl", out) if rank == 0 else None
     args = GRPOConfig(**grpo_args(cfg, tcfg, out, reward_weights=weights, **generation_args(tcfg), **backend))
@@ -256,11 +264,28 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
     resume = resume_arg(tcfg.resume, out / "checkpoints")
     # The reward counts live in memory: each checkpoint carries the run's totals so far, and a
     # resumed run adds its own to those (the series below come back with trainer_state.json).
-    before = Counter(carried(resume).get("reward_counts", {}))
-    trainer.carried_state = lambda: {"reward_counts": totals(before, reward.counts, trainer.accelerator.device)}
+    state = carried(resume)
+    before = Counter(state.get("reward_counts", {}))
+    held = None
+    if val is not None:  # its own reward: held-out scoring is not counted as training's
+        held = validation.HeldOut(trainer, tok, val, HybridReward(tcfg), tcfg, state.get("held_out_init"))
+        trainer.add_callback(held)
+    trainer.carried_state = lambda: {"reward_counts": totals(before, reward.counts, trainer.accelerator.device),
+                                     **({"held_out_init": held.init} if held else {})}
     trainer.train(resume_from_checkpoint=resume)
     reward.check_judge(final=True)  # a run shorter than the failure window: judged over what it had
-    save_final(trainer, tok, final)
+    held_out, kept = {}, "rl"
+    if held is not None:
+        held_out = {"init": held.init, "final": held.measure()}
+        kept = validation.keep(held_out["init"], held_out["final"], tcfg.keep_best)
+    if kept == "init":  # the same decision on every rank: the scores were reduced over all of them
+        log.warning("rl: the final weights score %.4f on %d held-out prompts, not above the starting "
+                    "weights' %.4f: rl.keep_best keeps %s as rl's model", held_out["final"]["macro"],
+                    len(val), held_out["init"]["macro"], init)
+        if trainer.is_world_process_zero():
+            validation.copy_init(init, final)
+    else:
+        save_final(trainer, tok, final)
     counts = totals(before, reward.counts, trainer.accelerator.device)
     if tracker is None:
         return {}
@@ -276,6 +301,7 @@ def train(cfg: DictConfig, paths: RunPaths) -> dict:
         "reward_first": rewarded[0]["reward"] if rewarded else None,
         "reward_last": rewarded[-1]["reward"] if rewarded else None,
         "reward_curve": [round(s["reward"], 4) for s in rewarded],
+        "held_out": held_out or None, "kept": kept,
         **signal(steps), "per_step": steps,
         **trained_with(trainer), "checkpoint": str(final)})
     mark_complete(final)

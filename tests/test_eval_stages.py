@@ -137,10 +137,11 @@ def test_stage_table_reports_formats_counts_and_gains(prepared_run, tmp_path, ca
 def test_data_all_sets_the_stage_defaults_it_documents(tmp_path):
     cfg = make_cfg(tmp_path, "data=all")
     assert cfg.data.domains == ["terminal", "swe", "search", "mcp", "web", "os"]
-    assert (cfg.cpt.max_steps, cfg.sft.max_length, cfg.eval.max_samples) == (240, 2048, 16)
+    assert (cfg.cpt.max_steps, cfg.sft.max_length, cfg.eval.max_samples) == (240, 2048, 32)
     # RL is asked every prompt SFT trained on (at 1024 mcp's and web's were left out)
     assert cfg.rl.max_prompt_length + cfg.rl.max_completion_length == cfg.sft.max_length
     assert cfg.rl.max_completion_length == cfg.eval.max_new_tokens
+    assert cfg.rl.keep_best and cfg.rl.validation_prompts == 18    # 3 per domain held out of RL
     assert make_cfg(tmp_path, "data=all", "cpt.max_steps=5").cpt.max_steps == 5   # the command line wins
     assert make_cfg(tmp_path).cpt.max_steps == 150                                # other data: untouched
 

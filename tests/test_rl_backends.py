@@ -43,7 +43,8 @@ def test_deepspeed_rl_trains_and_saves(prepared_run, sft_init, tmp_path):
 def test_two_ranks_on_zero3_train_like_hf_ddp(prepared_run, sft_init, tmp_path):
     """ZeRO-3 shards the weights, so generation needs them gathered and the KL reference model is
     built under zero.Init: 2 ranks must still end exactly where the Trainer's DDP ends."""
-    extra = ["rl.beta=0.01", "rl.lr=1e-3", "rl.warmup_steps=0"]  # a KL term, and weights that move
+    # a KL term, weights that move, and the held-out check: greedy answers from gathered weights
+    extra = ["rl.beta=0.01", "rl.lr=1e-3", "rl.warmup_steps=0", "rl.validation_prompts=3"]
     ddp = fresh(prepared_run, tmp_path / "ddp")
     ddp_metrics = rl(ddp, sft_init, "backend=hf", *extra, ranks=2)
     run = fresh(prepared_run, tmp_path / "zero3")
@@ -53,6 +54,9 @@ def test_two_ranks_on_zero3_train_like_hf_ddp(prepared_run, sft_init, tmp_path):
     # each rank scored its own 4 completions per step; the metrics count both ranks'
     assert metrics["scored_completions"] == ddp_metrics["scored_completions"] == 16
     assert metrics["reward_curve"] == ddp_metrics["reward_curve"]
+    assert metrics["held_out"]["init"]["prompts"] == 3        # each rank answered its share, reduced
+    for when in ("init", "final"):
+        assert metrics["held_out"][when]["macro"] == pytest.approx(ddp_metrics["held_out"][when]["macro"])
     assert [s["kl"] for s in metrics["per_step"]] == pytest.approx([s["kl"] for s in ddp_metrics["per_step"]])
     after, init = weights(run, "rl"), load_file(sft_init / "model.safetensors")
     assert not torch.equal(after["model.embed_tokens.weight"], init["model.embed_tokens.weight"])
