@@ -206,6 +206,24 @@ def test_turn_kinds_classify_every_turn_as_turn_stats_does():
         classify(turn_stats("ls", "hi there", "hi there"))]
 
 
+def test_words_are_found_as_the_pattern_finds_them_then_lowered():
+    """The ASCII fast path (lower, then find) gives each word of [A-Za-z0-9_]+ lower-cased, as
+    finding then lowering does; texts with characters that lower into ASCII (the Kelvin sign,
+    dotted capital I) take the slow path and agree too."""
+    import random
+    import re
+
+    from data_pipeline.curate.turn_types import _lowered, words
+    pattern = re.compile(r"[A-Za-z0-9_]+")
+    chars = [chr(i) for i in range(32, 127)] + ["\u212a", "\u0130", "\u01c4", "é", "ß", "\n", "\t"]
+    rng = random.Random(0)
+    for _ in range(3000):
+        text = "".join(rng.choice(chars) for _ in range(rng.randint(0, 60)))
+        want = [w.lower() for w in pattern.findall(text)]
+        assert _lowered(text) == want and words(text) == set(want), text
+    assert _lowered("Kelvin \u212a") == ["kelvin"] and _lowered("Abc_1 DEF") == ["abc_1", "def"]
+
+
 def test_token_keep_mask_fraction_and_determinism():
     mask = token_keep_mask(200, 0.1, "t:3")
     assert sum(mask) == 20 and mask == token_keep_mask(200, 0.1, "t:3")

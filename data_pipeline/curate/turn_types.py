@@ -31,10 +31,14 @@ class TurnStats:
 
 
 def words(text: str) -> set[str]:
-    return {w.lower() for w in _WORD.findall(text)}
+    return set(_lowered(text))
 
 
 def _lowered(text: str) -> list[str]:
+    """The text's words, lower-cased. On ASCII text lowering first gives the same words in one
+    pass; elsewhere it may not (the Kelvin sign lowers to an ASCII k the pattern would match)."""
+    if text.isascii():
+        return _WORD.findall(text.lower())
     return [w.lower() for w in _WORD.findall(text)]
 
 
