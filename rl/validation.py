@@ -23,7 +23,7 @@ import torch
 from transformers import TrainerCallback
 from trl.models import unwrap_model_for_generation
 
-from lwm.endpoints.generate import generate_ids
+from lwm.endpoints.generate import generate
 from lwm.tokenizer import encode_prompt
 
 log = logging.getLogger("lwm.rl")
@@ -51,12 +51,6 @@ def split(data: datasets.Dataset, n: int, seed: int) -> tuple[datasets.Dataset, 
     return data.select([i for i in range(len(data)) if i not in held]), data.select(sorted(picked))
 
 
-@torch.no_grad()
-def _answers(model, tok, rows: dict, max_new_tokens: int) -> list[str]:
-    prompts = [encode_prompt(tok, p) for p in rows["prompt"]]
-    return tok.batch_decode(generate_ids(model, tok, prompts, max_new_tokens, 0.0), skip_special_tokens=True)
-
-
 def held_out_reward(trainer, tok, val: datasets.Dataset, reward, batch_size: int, max_new_tokens: int) -> dict:
     """The reward of the model's greedy answers to `val`: {"macro", "by_domain", "prompts"}. A
     collective: every rank calls it and answers every world_size-th prompt."""
@@ -69,7 +63,7 @@ def held_out_reward(trainer, tok, val: datasets.Dataset, reward, batch_size: int
         model.eval()
         for start in range(0, len(mine), batch_size):
             rows = val.select(mine[start:start + batch_size])[:]
-            texts = _answers(model, tok, rows, max_new_tokens)
+            texts = generate(model, tok, [encode_prompt(tok, p) for p in rows["prompt"]], max_new_tokens, 0.0)
             scores = reward.total(completions=texts, reference=rows["reference"], domain=rows["domain"],
                                   prompts=rows["prompt"], id=rows["id"])
             for d, s in zip(rows["domain"], scores):
